@@ -1,0 +1,268 @@
+"""Typed, validated configuration of one DPO trial.
+
+One pydantic model per concern (model, quantization, LoRA, data, DPO); unknown
+keys are errors, every range is checked, and every problem is reported at once
+with the field spelled the way the user writes it in YAML:
+
+    python -c "from trainables.config import TrialSpec; TrialSpec.model_validate({'dpo': {'beta': -1}})"
+
+Each model converts to its library object in exactly one function, in the
+module that owns that concern (`trainables.model`, `trainables.trial`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Loss types of TRL 1.16 that read `label_smoothing`, plus `sigmoid`, for which
+# dpo-sweep implements conservative DPO itself (TRL 1.16 silently drops it there).
+LABEL_SMOOTHING_LOSSES = ("sigmoid", "robust", "exo_pair", "aot", "aot_unpaired")
+LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
+    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm",
+)
+
+
+class ConfigError(ValueError):
+    """Every problem of a config, one per line, each naming field, value and fix."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s){where}:\n{lines}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Strict):
+    name_or_path: str = Field(
+        "tiny-llama",
+        description="Hugging Face model id, a local directory, or 'tiny-llama' (built locally, offline).",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of a hub id.")
+    quantization: Literal["nf4", "fp4", "int8", "none"] = Field(
+        "nf4", description="How bitsandbytes stores the frozen base weights; 'none' keeps them in compute_dtype."
+    )
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype of the 4-bit matmuls and of non-quantized weights."
+    )
+    double_quant: bool = Field(True, description="Quantize the 4-bit quantization constants too (saves ~0.4 bit/param).")
+    trust_remote_code: bool = False
+
+
+class LoraSettings(_Strict):
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="'all-linear' (every linear layer but lm_head) or a list of module names."
+    )
+
+
+class SyntheticSettings(_Strict):
+    num_train: int = Field(1000, ge=8, description="Training pairs.")
+    num_eval: int = Field(200, ge=8, description="Held-out pairs; always clean (no label noise).")
+    num_probe: int = Field(64, ge=0, description="Clean prompts whose greedy answers are scored (0 disables).")
+    label_noise: float = Field(0.0, ge=0, le=0.5, description="Fraction of training pairs with chosen/rejected swapped.")
+    seed: int = 0
+
+
+class DataSettings(_Strict):
+    source: str = Field(
+        "synthetic",
+        description="'synthetic', a .jsonl/.json/.parquet file, a `datasets` save_to_disk directory, or a hub id.",
+    )
+    eval_source: str | None = Field(None, description="Explicit held-out file/dir/id; else a seeded split of source.")
+    split: str = Field("train", description="Split to read from a hub id or a DatasetDict directory.")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Held-out fraction when eval_source is not given.")
+    split_seed: int = 0
+    drop_invalid: bool = Field(False, description="Drop invalid rows (and report them) instead of refusing the data.")
+    synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
+
+
+class DPOSettings(_Strict):
+    beta: float = Field(0.1, gt=0, description="KL strength: >0.3 barely moves the policy, <0.05 risks reward hacking.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of the LoRA weights.")
+    num_train_epochs: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Assumed label-flip rate: cDPO for 'sigmoid', TRL's own for 'robust'."
+    )
+    loss_type: str = Field("sigmoid", description=f"One of {', '.join(LOSS_TYPES)}.")
+    per_device_train_batch_size: int = Field(16, ge=1)
+    per_device_eval_batch_size: int = Field(64, ge=1)
+    max_length: int = Field(64, ge=2, description="Tokens of prompt + completion; longer pairs are truncated.")
+    truncation_mode: Literal["keep_start", "keep_end"] = "keep_start"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+    reports_per_epoch: int = Field(4, ge=1, description="Evaluations (and reports, and checkpoints) per epoch.")
+    precompute_ref_log_probs: bool = Field(False, description="Compute reference log-probs once before training.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory; slower on small models.")
+
+    @field_validator("loss_type")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        if v not in LOSS_TYPES:
+            raise ValueError(f"unknown loss type {v!r}; choose one of {', '.join(LOSS_TYPES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _smoothing_is_used(self) -> DPOSettings:
+        problems = loss_problems(self.loss_type, self.label_smoothing)
+        if problems:
+            raise ValueError(problems[0])
+        return self
+
+
+def loss_problems(loss_type: Any, label_smoothing: Any) -> list[str]:
+    """Cross-field checks of loss type and label smoothing; also run on raw input so they are
+    reported together with field errors, not after the user fixed those."""
+    if not isinstance(loss_type, str) or not isinstance(label_smoothing, (int, float)):
+        return []
+    # TRL 1.16 ignores label_smoothing in most losses; a sweep over it would then be identical runs.
+    if label_smoothing > 0 and loss_type in LOSS_TYPES and loss_type not in LABEL_SMOOTHING_LOSSES:
+        return [f"label_smoothing={label_smoothing} has no effect with loss_type={loss_type!r}; "
+                f"use one of {', '.join(LABEL_SMOOTHING_LOSSES)} or set label_smoothing to 0"]
+    if loss_type == "exo_pair" and label_smoothing == 0:
+        return ["loss_type 'exo_pair' needs label_smoothing > 0 (the EXO paper suggests 1e-3)"]
+    return []
+
+
+class TrialSpec(_Strict):
+    """Everything one trial needs; saved beside its results so it can be re-run alone."""
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    dpo: DPOSettings = Field(default_factory=DPOSettings)
+    output_dir: str = Field("dpo-sweep-output/trial", description="Where checkpoints go (made absolute).")
+    cache_dir: str | None = Field(None, description="Built-in model cache; default ~/.cache/dpo-sweep.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk by the trial.")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        # Ray changes a trial's working directory: only absolute paths survive.
+        return str(Path(v).expanduser().resolve())
+
+
+# Names people type for fields that are spelled otherwise here.
+ALIASES = {"lr": "learning_rate", "epochs": "num_train_epochs", "grad_accum": "gradient_accumulation_steps",
+           "accumulation": "gradient_accumulation_steps", "batch_size": "per_device_train_batch_size",
+           "rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "model": "name_or_path",
+           "path": "name_or_path", "dataset": "source", "smoothing": "label_smoothing", "loss": "loss_type"}
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith("function-")) or "(top level)"
+
+
+def _model_at(root: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | None:
+    model = root
+    for part in path:
+        info = model.model_fields.get(str(part))
+        ann = getattr(info, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def closest_field(root: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """The valid key the user most likely meant at `loc`, or None."""
+    model = _model_at(root, loc[:-1])
+    if model is None:
+        return None
+    wrong, valid = str(loc[-1]), list(model.model_fields)
+    if ALIASES.get(wrong) in valid:
+        return ALIASES[wrong]
+    match = difflib.get_close_matches(wrong, valid, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def format_validation_error(err: ValidationError, root: type[BaseModel] | None = None) -> list[str]:
+    """Turn pydantic's errors into 'field: message, got value' lines."""
+    problems = []
+    for e in err.errors():
+        name = _field_name(e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            guess = closest_field(root, e["loc"]) if root else None
+            hint = f"did you mean '{guess}'?" if guess else "remove it or check its spelling"
+            problems.append(f"{name}: unknown key; {hint}")
+        elif e["type"] == "missing":
+            problems.append(f"{name}: required")
+        else:
+            problems.append(f"{name}: {msg}, got {e.get('input')!r}")
+    return problems
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'dpo.beta=0.2' -> (['dpo', 'beta'], 0.2); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError([f"--set {text!r}: expected key=value, e.g. --set dpo.beta=0.2"])
+    key, _, raw = text.partition("=")
+    if not key.strip():
+        raise ConfigError([f"--set {text!r}: empty key"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = dict(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            node[part] = child = dict(child) if isinstance(child, dict) else {}
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"config file {str(p)!r} does not exist"])
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], source=str(p)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"top level must be a mapping of keys, got {type(raw).__name__}"], source=str(p))
+    return raw
+
+
+def load_trial_spec(path: str | Path | None = None, overrides: list[str] = ()) -> TrialSpec:
+    """YAML file (optional) + `--set` overrides -> validated TrialSpec, or ConfigError listing every problem."""
+    raw = read_yaml(path) if path else {}
+    raw = apply_overrides(raw, list(overrides))
+    return validate_trial_spec(raw, source=str(path) if path else None)
+
+
+def validate_trial_spec(raw: dict[str, Any], source: str | None = None) -> TrialSpec:
+    try:
+        return TrialSpec.model_validate(raw)
+    except ValidationError as e:
+        problems = format_validation_error(e, TrialSpec)
+        dpo = raw.get("dpo") if isinstance(raw.get("dpo"), dict) else {}
+        defaults = DPOSettings.model_fields
+        for p in loss_problems(dpo.get("loss_type", defaults["loss_type"].default),
+                               dpo.get("label_smoothing", defaults["label_smoothing"].default)):
+            if not any(p in q for q in problems):
+                problems.append(f"dpo: {p}")
+        raise ConfigError(problems, source=source) from None

@@ -1,0 +1,102 @@
+"""Base model loading (4-bit by bitsandbytes), the LoRA adapter config, and the trial's device.
+
+    python -c "from trainables.model import *; from trainables.config import ModelSettings; \\
+m, t = load_base_model(ModelSettings()); print(type(m.model.layers[0].mlp.up_proj))"
+
+A trial uses exactly one device: CUDA device 0 of the devices it can see (Ray
+sets CUDA_VISIBLE_DEVICES to the GPU it assigned), else the CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from trainables.config import LoraSettings, ModelSettings
+from trainables.tiny_model import NAME as TINY_LLAMA
+from trainables.tiny_model import ensure_tiny_llama
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def trial_device() -> torch.device:
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_model_path(settings: ModelSettings, cache_dir: str | None = None, log=print) -> str:
+    """'tiny-llama' -> its cached directory; a local directory -> its absolute path; anything else is a hub id."""
+    if settings.name_or_path == TINY_LLAMA:
+        return str(ensure_tiny_llama(cache_dir, log=log))
+    local = Path(settings.name_or_path).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.name_or_path: {str(local)!r} exists but has no config.json; point it at a directory "
+                "written by save_pretrained, or use a Hugging Face model id"
+            )
+        return str(local.resolve())
+    looks_local = settings.name_or_path.startswith((".", "/", "~")) or settings.name_or_path.count("/") > 1
+    if looks_local:
+        raise FileNotFoundError(
+            f"model.name_or_path: directory {settings.name_or_path!r} does not exist; "
+            "give an existing directory or a Hugging Face id such as 'Qwen/Qwen2.5-0.5B'"
+        )
+    return settings.name_or_path
+
+
+def quantization_config(settings: ModelSettings):
+    """The one place a ModelSettings becomes a BitsAndBytesConfig (None for quantization 'none')."""
+    from transformers import BitsAndBytesConfig
+
+    if settings.quantization == "none":
+        return None
+    if settings.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=settings.quantization,
+        bnb_4bit_use_double_quant=settings.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[settings.compute_dtype],
+    )
+
+
+def lora_config(settings: LoraSettings):
+    """The one place a LoraSettings becomes a peft LoraConfig."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+
+
+def load_tokenizer(path: str, settings: ModelSettings):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, revision=settings.revision, trust_remote_code=settings.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base_model(settings: ModelSettings, cache_dir: str | None = None, device: torch.device | None = None,
+                    log=print):
+    """(model, tokenizer): the frozen base model on `device`, quantized as `settings` say."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(settings, cache_dir, log=log)
+    device = device or trial_device()
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        revision=settings.revision,
+        quantization_config=quantization_config(settings),
+        dtype=DTYPES[settings.compute_dtype],
+        device_map={"": device.index if device.type == "cuda" else "cpu"},
+        trust_remote_code=settings.trust_remote_code,
+    )
+    return model, load_tokenizer(path, settings)

@@ -1,0 +1,198 @@
+"""One QLoRA DPO trial as a plain function: `run_trial(spec, report)`.
+
+The base model is loaded in 4-bit by bitsandbytes, TRL's DPOTrainer adds the
+peft LoRA adapter, and `report(metrics, checkpoint_dir)` is called
+`dpo.reports_per_epoch` times per epoch, at evenly spaced optimizer steps, with
+the held-out metrics and a checkpoint (adapter + optimizer + trainer state).
+Ray is not touched here: the Tune entry passes `ray.tune.report`, tests pass a
+list's `append`, and `dpo-sweep trial` passes a printer.
+
+    dpo-sweep trial --set dpo.beta=0.2 --set dpo.learning_rate=1e-4
+    python -c "from trainables.trial import run_trial; from trainables.config import ConfigError, TrialSpec; \\
+run_trial(TrialSpec(), lambda m, c: print(m))"
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainables.config import ConfigError, TrialSpec
+
+Report = Callable[[dict[str, Any], str | None], None]
+PRIMARY_METRIC = "eval_rewards_accuracies"
+
+
+@dataclass
+class TrialResult:
+    reports: int
+    last_metrics: dict[str, Any]
+    final_checkpoint: str | None
+    data_description: str
+    dropped_rows: dict[str, int] = field(default_factory=dict)
+
+
+def loss_settings(loss_type: str, label_smoothing: float) -> dict[str, Any]:
+    """DPOConfig loss fields; for 'sigmoid' with label smoothing, conservative DPO (cDPO).
+
+    TRL 1.16's sigmoid loss ignores label_smoothing. cDPO with flip rate e is
+        L = -(1-e) log s(x) - e log s(-x),   x = beta * (chosen - rejected log-ratio)
+    and TRL's robust loss is R = (-(1-e) log s(x) + e log s(-x)) / (1-2e), so
+        L = 2(1-e) * sigmoid - (1-2e) * R,
+    a weighted sum of two TRL losses: TRL's own loss code, metrics and logging stay in charge.
+    """
+    if loss_type == "sigmoid" and label_smoothing > 0:
+        e = label_smoothing
+        return {"loss_type": ["sigmoid", "robust"], "loss_weights": [2 * (1 - e), -(1 - 2 * e)],
+                "label_smoothing": e}
+    return {"loss_type": [loss_type], "loss_weights": None, "label_smoothing": label_smoothing}
+
+
+def build_dpo_config(spec: TrialSpec, use_cpu: bool):
+    """The one place a TrialSpec becomes a TRL DPOConfig."""
+    from trl import DPOConfig
+
+    d = spec.dpo
+    return DPOConfig(
+        output_dir=spec.output_dir,
+        beta=d.beta,
+        learning_rate=d.learning_rate,
+        num_train_epochs=d.num_train_epochs,
+        gradient_accumulation_steps=d.gradient_accumulation_steps,
+        **loss_settings(d.loss_type, d.label_smoothing),
+        per_device_train_batch_size=d.per_device_train_batch_size,
+        per_device_eval_batch_size=d.per_device_eval_batch_size,
+        max_length=d.max_length,
+        truncation_mode=d.truncation_mode,
+        warmup_steps=d.warmup_ratio,  # transformers 5: a value below 1 is a fraction of the total steps
+        lr_scheduler_type=d.lr_scheduler_type,
+        weight_decay=d.weight_decay,
+        seed=d.seed,
+        data_seed=d.seed,
+        precompute_ref_log_probs=d.precompute_ref_log_probs,
+        gradient_checkpointing=d.gradient_checkpointing,
+        bf16=spec.model.compute_dtype == "bfloat16",
+        fp16=spec.model.compute_dtype == "float16",
+        use_cpu=use_cpu,
+        # Evaluation, logging and saving are driven by ReportCallback at exact steps, not by Trainer strategies.
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        save_total_limit=spec.save_total_limit,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def report_steps(max_steps: int, num_epochs: int, reports_per_epoch: int) -> list[int]:
+    """Evenly spaced optimizer steps, the last one the final step: every trial reports the same number of
+    times whatever its size, epochs or accumulation - what ASHA's time axis needs."""
+    n = num_epochs * reports_per_epoch
+    if max_steps < n:
+        raise ConfigError([
+            f"dpo.reports_per_epoch={reports_per_epoch} x num_train_epochs={num_epochs} = {n} reports, but the trial "
+            f"has only {max_steps} optimizer steps; lower dpo.reports_per_epoch, the batch size or "
+            "gradient_accumulation_steps, or use more data"
+        ])
+    return [math.ceil(k * max_steps / n) for k in range(1, n + 1)]
+
+
+def clean_metric_name(key: str) -> str:
+    """'eval_rewards/accuracies' -> 'eval_rewards_accuracies' ('/' nests keys in Ray Tune results)."""
+    return key.replace("/", "_")
+
+
+def _make_callback(report: Report, probes, tokenizer, eval_batch_size: int, reports_per_epoch: int):
+    from transformers import TrainerCallback
+
+    from trainables.answers import answer_quality
+
+    class ReportCallback(TrainerCallback):
+        """Evaluate + log + save at fixed steps; report once the checkpoint of that step exists."""
+
+        def __init__(self):
+            self.steps: set[int] = set()
+            self.train_logs: dict[str, float] = {}
+            self.pending: dict[str, Any] | None = None
+            self.reports = 0
+            self.last_metrics: dict[str, Any] = {}
+            self.last_checkpoint: str | None = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.steps = set(report_steps(state.max_steps, math.ceil(args.num_train_epochs), reports_per_epoch))
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step in self.steps:
+                control.should_log = control.should_evaluate = control.should_save = True
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs and not any(k.startswith("eval_") for k in logs):
+                self.train_logs = {f"train_{clean_metric_name(k)}": v for k, v in logs.items()
+                                   if isinstance(v, (int, float)) and k != "epoch"}
+
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kw):
+            m = {clean_metric_name(k): v for k, v in (metrics or {}).items()
+                 if k.startswith("eval_") and isinstance(v, (int, float))}
+            if probes:
+                m.update(answer_quality(model, tokenizer, probes, batch_size=eval_batch_size))
+            self.pending = m
+
+        def on_save(self, args, state, control, **kw):
+            ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            metrics = {**(self.pending or {}), **self.train_logs, "step": state.global_step,
+                       "epoch": round(state.epoch or 0.0, 4)}
+            self.pending = None
+            self.reports += 1
+            self.last_metrics, self.last_checkpoint = metrics, ckpt
+            report(metrics, ckpt)
+
+    return ReportCallback()
+
+
+def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, log=print) -> TrialResult:
+    """Train one trial; `resume_from` is a checkpoint directory written by an earlier report."""
+    import datasets
+    import transformers
+    from transformers.trainer_callback import PrinterCallback
+    from trl import DPOTrainer
+
+    from trainables.data import load_preference_data
+    from trainables.model import load_base_model, lora_config, trial_device
+
+    # The caller's report callable is the trial's output; library progress bars would bury it.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    device = trial_device()
+    model, tokenizer = load_base_model(spec.model, spec.cache_dir, device=device, log=log)
+    data = load_preference_data(spec.data, tokenizer, spec.dpo.max_length, spec.dpo.truncation_mode)
+    if data.dropped:
+        log(f"[trial] drop_invalid: dropped {sum(data.dropped.values())} row(s): "
+            + ", ".join(f"{k} {v}" for k, v in data.dropped.items()))
+    log(f"[trial] data: {data.description}; {len(data.train)} train / {len(data.eval)} eval pairs; device {device}")
+
+    out = Path(spec.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trial_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+
+    callback = _make_callback(report, data.probes, tokenizer, spec.dpo.per_device_eval_batch_size,
+                              spec.dpo.reports_per_epoch)
+    trainer = DPOTrainer(
+        model=model,
+        args=build_dpo_config(spec, use_cpu=device.type == "cpu"),
+        train_dataset=datasets.Dataset.from_list(data.train),
+        eval_dataset=datasets.Dataset.from_list(data.eval),
+        processing_class=tokenizer,
+        peft_config=lora_config(spec.lora),
+        callbacks=[callback],
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints every raw log dict; `report` is the output
+    trainer.train(resume_from_checkpoint=resume_from)
+    return TrialResult(reports=callback.reports, last_metrics=callback.last_metrics,
+                       final_checkpoint=callback.last_checkpoint, data_description=data.description,
+                       dropped_rows=data.dropped)
