@@ -131,8 +131,8 @@ def loss_problems(loss_type: Any, label_smoothing: Any) -> list[str]:
         return []
     # TRL 1.16 ignores label_smoothing in most losses; a sweep over it would then be identical runs.
     if label_smoothing > 0 and loss_type in LOSS_TYPES and loss_type not in LABEL_SMOOTHING_LOSSES:
-        return [f"label_smoothing={label_smoothing} has no effect with loss_type={loss_type!r}; "
-                f"use one of {', '.join(LABEL_SMOOTHING_LOSSES)} or set label_smoothing to 0"]
+        return [(f"label_smoothing={label_smoothing} has no effect with loss_type={loss_type!r}; "
+                 f"use one of {', '.join(LABEL_SMOOTHING_LOSSES)} or set label_smoothing to 0")]
     if loss_type == "exo_pair" and label_smoothing == 0:
         return ["loss_type 'exo_pair' needs label_smoothing > 0 (the EXO paper suggests 1e-3)"]
     return []

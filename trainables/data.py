@@ -117,7 +117,7 @@ def read_rows(source: str, split: str = "train") -> tuple[list[dict], list[int],
             raise DataError(f"data.source: {source!r} does not exist; give a file, a directory or a hub dataset id")
         try:
             ds = datasets.load_dataset(str(path) if path.is_dir() else source, split=split)
-        except Exception as e:  # noqa: BLE001 - datasets raises many types; the user needs the message
+        except Exception as e:  # datasets raises many types; the user needs the message
             raise DataError(f"data.source: could not load {source!r} (split {split!r}): {e}") from e
     rows = ds.to_list()
     return rows, list(range(1, len(rows) + 1)), []

@@ -35,6 +35,7 @@ class TrialResult:
     final_checkpoint: str | None
     data_description: str
     dropped_rows: dict[str, int] = field(default_factory=dict)
+    trainer: Any = field(default=None, repr=False)  # the DPOTrainer, for inspection; callers may drop it
 
 
 def loss_settings(loss_type: str, label_smoothing: float) -> dict[str, Any]:
@@ -95,11 +96,11 @@ def report_steps(max_steps: int, num_epochs: int, reports_per_epoch: int) -> lis
     times whatever its size, epochs or accumulation - what ASHA's time axis needs."""
     n = num_epochs * reports_per_epoch
     if max_steps < n:
-        raise ConfigError([
+        raise ConfigError([(
             f"dpo.reports_per_epoch={reports_per_epoch} x num_train_epochs={num_epochs} = {n} reports, but the trial "
             f"has only {max_steps} optimizer steps; lower dpo.reports_per_epoch, the batch size or "
             "gradient_accumulation_steps, or use more data"
-        ])
+        )])
     return [math.ceil(k * max_steps / n) for k in range(1, n + 1)]
 
 
@@ -155,14 +156,13 @@ def _make_callback(report: Report, probes, tokenizer, eval_batch_size: int, repo
     return ReportCallback()
 
 
-def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, log=print) -> TrialResult:
-    """Train one trial; `resume_from` is a checkpoint directory written by an earlier report."""
+def build_trainer(spec: TrialSpec, report: Report, log=print):
+    """(trainer, data, callback): everything set up, nothing trained. Tests inspect the trainer directly."""
     import datasets
     import transformers
     from transformers.trainer_callback import PrinterCallback
-    from trl import DPOTrainer
-
     from trainables.data import load_preference_data
+    from trainables.dpo_trainer import ResumableDPOTrainer
     from trainables.model import load_base_model, lora_config, trial_device
 
     # The caller's report callable is the trial's output; library progress bars would bury it.
@@ -176,13 +176,9 @@ def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, l
             + ", ".join(f"{k} {v}" for k, v in data.dropped.items()))
     log(f"[trial] data: {data.description}; {len(data.train)} train / {len(data.eval)} eval pairs; device {device}")
 
-    out = Path(spec.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "trial_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
-
     callback = _make_callback(report, data.probes, tokenizer, spec.dpo.per_device_eval_batch_size,
                               spec.dpo.reports_per_epoch)
-    trainer = DPOTrainer(
+    trainer = ResumableDPOTrainer(
         model=model,
         args=build_dpo_config(spec, use_cpu=device.type == "cpu"),
         train_dataset=datasets.Dataset.from_list(data.train),
@@ -192,7 +188,20 @@ def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, l
         callbacks=[callback],
     )
     trainer.remove_callback(PrinterCallback)  # it prints every raw log dict; `report` is the output
+    return trainer, data, callback
+
+
+def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, log=print) -> TrialResult:
+    """Train one trial; `resume_from` is a checkpoint directory written by an earlier report.
+
+    Resumed, it continues from that checkpoint's step (adapter, optimizer, scheduler, RNG and data
+    order restored) and reports only the steps after it.
+    """
+    out = Path(spec.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trial_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+    trainer, data, callback = build_trainer(spec, report, log=log)
     trainer.train(resume_from_checkpoint=resume_from)
     return TrialResult(reports=callback.reports, last_metrics=callback.last_metrics,
                        final_checkpoint=callback.last_checkpoint, data_description=data.description,
-                       dropped_rows=data.dropped)
+                       dropped_rows=data.dropped, trainer=trainer)

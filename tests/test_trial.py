@@ -1,0 +1,170 @@
+"""A real QLoRA DPO trial on CPU: bitsandbytes 4-bit base, peft LoRA, TRL DPOTrainer."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import bitsandbytes as bnb
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from trainables.model import load_base_model
+from trainables.synthetic import SyntheticSettings, make_task
+from trainables.trial import build_trainer, report_steps, run_trial
+
+
+def quiet(*_):
+    pass
+
+
+def test_nf4_qlora_trial_learns_the_rule_with_a_frozen_4bit_base(make_spec):
+    spec = make_spec()
+    reports = []
+    result = run_trial(spec, lambda m, c: reports.append((m, c)), log=quiet)
+
+    # Reported evenly, 4 times in the epoch, each with its own checkpoint holding adapter + trainer state.
+    steps = [m["step"] for m, _ in reports]
+    assert steps == report_steps(32, 1, 4) == [8, 16, 24, 32]
+    for metrics, ckpt in reports:
+        for key in ("eval_loss", "eval_rewards_accuracies", "eval_rewards_margins", "eval_rewards_chosen",
+                    "eval_rewards_rejected", "eval_logps_chosen", "eval_logps_rejected", "train_loss",
+                    "answer_exact_rate", "epoch", "step"):
+            assert key in metrics and math.isfinite(metrics[key]), key
+    _, last_ckpt = reports[-1]
+    for name in ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json", "optimizer.pt"):
+        assert Path(last_ckpt, name).is_file(), name
+
+    model = result.trainer.model
+    four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(four_bit) == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 layers
+    assert {m.weight.quant_type for m in four_bit} == {"nf4"}
+
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.detach().float().abs().sum() > 0 for p in lora_b)  # peft starts B at zero
+
+    # Base weights, packed 4-bit and full precision alike, are bit-identical to a fresh load.
+    fresh, _ = load_base_model(spec.model, spec.cache_dir, log=quiet)
+    fresh_params = dict(fresh.named_parameters())
+    compared = 0
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue
+        key = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        assert torch.equal(p.detach(), fresh_params[key].detach()), name
+        compared += 1
+    assert compared == len(fresh_params)
+
+    assert reports[-1][0]["eval_rewards_accuracies"] >= 0.75
+
+
+def test_resume_from_checkpoint_continues_and_matches_an_uninterrupted_run(make_spec):
+    full = []
+    run_trial(make_spec("full"), lambda m, c: full.append((m, c)), log=quiet)
+
+    class Crash(Exception):
+        pass
+
+    first = []
+
+    def crash_after_two_reports(m, c):
+        first.append((m, c))
+        if len(first) == 2:
+            raise Crash
+
+    spec = make_spec("interrupted")
+    with pytest.raises(Crash):
+        run_trial(spec, crash_after_two_reports, log=quiet)
+    k, ckpt = first[-1][0]["step"], first[-1][1]
+
+    resumed = []
+    run_trial(spec, lambda m, c: resumed.append((m, c)), resume_from=ckpt, log=quiet)
+    assert [m["step"] for m, _ in resumed] == [m["step"] for m, _ in full if m["step"] > k]
+
+    a = load_file(f"{full[-1][1]}/adapter_model.safetensors")
+    b = load_file(f"{resumed[-1][1]}/adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name].float(), b[name].float(), atol=1e-3, rtol=1e-2), name
+    assert resumed[-1][0]["eval_loss"] == pytest.approx(full[-1][0]["eval_loss"], abs=1e-3)
+
+
+def _sequence_logps(model, batch):
+    """Summed completion log-probs, computed here from plain logits (not TRL's fused head)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    logp = logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return (logp * batch["completion_mask"][:, 1:]).sum(-1)
+
+
+def _loss_and_margins(make_spec, label_smoothing, loss_type="sigmoid"):
+    spec = make_spec(f"cdpo-{label_smoothing}", model={"compute_dtype": "float32"},
+                     dpo={"label_smoothing": label_smoothing, "loss_type": loss_type, "beta": 0.5})
+    trainer, _, _ = build_trainer(spec, lambda m, c: None, log=quiet)
+    model = trainer.model
+    # A fresh adapter is the identity (B = 0), where every DPO loss is log 2: move it, the same way each time.
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    model.eval()
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch).item()
+        policy = _sequence_logps(model, batch)
+        with model.disable_adapter():
+            ref = _sequence_logps(model, batch)
+    pc, pr = policy.chunk(2)
+    rc, rr = ref.chunk(2)
+    x = spec.dpo.beta * ((pc - rc) - (pr - rr))
+    return loss, x
+
+
+def test_cdpo_label_smoothing_changes_the_sigmoid_loss_by_the_cdpo_formula(make_spec):
+    eps = 0.2
+    loss0, x0 = _loss_and_margins(make_spec, 0.0)
+    loss_eps, x = _loss_and_margins(make_spec, eps)
+    assert torch.allclose(x0, x)  # the same batch and the same adapter in both
+    plain = (-F.logsigmoid(x)).mean().item()
+    cdpo = (-(1 - eps) * F.logsigmoid(x) - eps * F.logsigmoid(-x)).mean().item()
+    assert loss0 == pytest.approx(plain, rel=1e-4)
+    assert loss_eps == pytest.approx(cdpo, rel=1e-4)
+    assert abs(loss_eps - loss0) > 1e-3
+
+
+def test_robust_loss_reads_label_smoothing(make_spec):
+    eps = 0.2
+    loss, x = _loss_and_margins(make_spec, eps, loss_type="robust")
+    robust = ((-(1 - eps) * F.logsigmoid(x) + eps * F.logsigmoid(-x)) / (1 - 2 * eps)).mean().item()
+    assert loss == pytest.approx(robust, rel=1e-4)
+
+
+def test_conversational_dataset_trains(make_spec, tmp_path):
+    task = make_task(SyntheticSettings(num_train=160, num_eval=32, num_probe=0))
+
+    def to_messages(row):
+        return {"prompt": [{"role": "user", "content": row["prompt"]}],
+                "chosen": [{"role": "assistant", "content": row["chosen"].strip()}],
+                "rejected": [{"role": "assistant", "content": row["rejected"].strip()}]}
+
+    train, evals = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train.write_text("\n".join(json.dumps(to_messages(r)) for r in task.train))
+    evals.write_text("\n".join(json.dumps(to_messages(r)) for r in task.eval))
+    spec = make_spec(data={"source": str(train), "eval_source": str(evals)}, dpo={"reports_per_epoch": 2})
+    reports = []
+    result = run_trial(spec, lambda m, c: reports.append(m), log=quiet)
+    assert len(reports) == 2 and all(math.isfinite(m["eval_loss"]) for m in reports)
+    assert result.trainer.train_dataset.num_rows == 160
+    assert "answer_exact_rate" not in reports[-1]  # no probes for user data
+
+
+def test_too_few_steps_for_the_report_schedule_is_refused():
+    from trainables.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"reports_per_epoch=8 x num_train_epochs=1 = 8 reports.*only 5"):
+        report_steps(5, 1, 8)
