@@ -186,7 +186,7 @@ def closest_field(root: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
     wrong, valid = str(loc[-1]), list(model.model_fields)
     if ALIASES.get(wrong) in valid:
         return ALIASES[wrong]
-    match = difflib.get_close_matches(wrong, valid, n=1, cutoff=0.6)
+    match = difflib.get_close_matches(wrong, valid, n=1, cutoff=0.7)
     return match[0] if match else None
 
 

@@ -1,0 +1,102 @@
+"""Trial config: unknown keys and out-of-range values refused with field and value; overrides; shipped YAMLs."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.cli import shipped_config
+from trainables.config import ConfigError, apply_overrides, load_trial_spec, validate_trial_spec
+from trainables.trial import loss_settings
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "value"),
+    [
+        ({"dpo": {"beta": 0}}, "dpo.beta", "0"),
+        ({"dpo": {"beta": -0.1}}, "dpo.beta", "-0.1"),
+        ({"dpo": {"learning_rate": -1e-6}}, "dpo.learning_rate", "-1e-06"),
+        ({"dpo": {"learning_rate": 0}}, "dpo.learning_rate", "0"),
+        ({"dpo": {"label_smoothing": 0.5}}, "dpo.label_smoothing", "0.5"),
+        ({"dpo": {"label_smoothing": -0.1}}, "dpo.label_smoothing", "-0.1"),
+        ({"dpo": {"num_train_epochs": 0}}, "dpo.num_train_epochs", "0"),
+        ({"dpo": {"gradient_accumulation_steps": 0}}, "dpo.gradient_accumulation_steps", "0"),
+        ({"data": {"synthetic": {"label_noise": 0.6}}}, "data.synthetic.label_noise", "0.6"),
+        ({"model": {"quantization": "nf3"}}, "model.quantization", "'nf3'"),
+        ({"lora": {"r": 0}}, "lora.r", "0"),
+    ],
+)
+def test_out_of_range_values_name_field_and_value(raw, field, value):
+    with pytest.raises(ConfigError) as err:
+        validate_trial_spec(raw)
+    line = next(p for p in err.value.problems if p.startswith(field + ":"))
+    assert line.endswith(f"got {value}")
+
+
+def test_unknown_keys_are_refused_with_the_closest_valid_name():
+    with pytest.raises(ConfigError) as err:
+        validate_trial_spec({"dpo": {"lr": 1e-5, "betta": 0.1}, "lora": {"rank": 4}, "colour": "red"})
+    problems = "\n".join(err.value.problems)
+    assert "dpo.lr: unknown key; did you mean 'learning_rate'?" in problems
+    assert "dpo.betta: unknown key; did you mean 'beta'?" in problems
+    assert "lora.rank: unknown key; did you mean 'r'?" in problems
+    assert "colour: unknown key; remove it or check its spelling" in problems
+    assert len(err.value.problems) == 4
+
+
+def test_every_problem_is_reported_at_once_including_the_loss_check():
+    with pytest.raises(ConfigError) as err:
+        validate_trial_spec({"dpo": {"beta": -1, "label_smoothing": 0.1, "loss_type": "hinge"}})
+    problems = err.value.problems
+    assert any(p.startswith("dpo.beta:") for p in problems)
+    assert any("label_smoothing=0.1 has no effect with loss_type='hinge'" in p for p in problems)
+
+
+@pytest.mark.parametrize("loss", ["hinge", "ipo", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "sigmoid_norm"])
+def test_loss_types_that_ignore_label_smoothing_are_refused(loss):
+    with pytest.raises(ConfigError, match=rf"label_smoothing=0.2 has no effect with loss_type='{loss}'"):
+        validate_trial_spec({"dpo": {"label_smoothing": 0.2, "loss_type": loss}})
+    validate_trial_spec({"dpo": {"label_smoothing": 0.0, "loss_type": loss}})  # fine without smoothing
+
+
+def test_unknown_loss_type_lists_the_choices():
+    with pytest.raises(ConfigError, match="unknown loss type 'dpo'; choose one of sigmoid"):
+        validate_trial_spec({"dpo": {"loss_type": "dpo"}})
+
+
+def test_cdpo_is_a_weighted_sum_of_trl_losses():
+    assert loss_settings("sigmoid", 0.0) == {"loss_type": ["sigmoid"], "loss_weights": None, "label_smoothing": 0.0}
+    s = loss_settings("sigmoid", 0.2)
+    assert s["loss_type"] == ["sigmoid", "robust"] and s["loss_weights"] == pytest.approx([1.6, -0.6])
+    assert loss_settings("robust", 0.2)["loss_type"] == ["robust"]
+
+
+def test_overrides_are_dotted_and_typed_as_yaml(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("dpo:\n  beta: 0.1\n  seed: 3\n")
+    spec = load_trial_spec(path, ["dpo.beta=0.25", "lora.target_modules=[q_proj, v_proj]", "data.drop_invalid=true"])
+    assert spec.dpo.beta == 0.25 and spec.dpo.seed == 3
+    assert spec.lora.target_modules == ["q_proj", "v_proj"] and spec.data.drop_invalid is True
+    assert apply_overrides({"a": 1}, ["b.c=2"]) == {"a": 1, "b": {"c": 2}}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_trial_spec(None, ["dpo.beta"])
+
+
+def test_bad_yaml_and_missing_file_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_trial_spec(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dpo: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_trial_spec(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_trial_spec(bad)
+
+
+def test_output_dir_is_made_absolute():
+    assert validate_trial_spec({"output_dir": "rel/dir"}).output_dir.startswith("/")
+
+
+def test_shipped_trial_config_validates():
+    spec = load_trial_spec(shipped_config("demo-trial.yaml"))
+    assert spec.model.quantization == "nf4" and spec.data.source == "synthetic"

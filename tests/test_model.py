@@ -1,0 +1,68 @@
+"""Model loading: tiny-llama built deterministically and cached; quantization kinds; local dirs and ids."""
+
+from __future__ import annotations
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainables.config import LoraSettings, ModelSettings
+from trainables.model import load_base_model, lora_config, quantization_config, resolve_model_path
+from trainables.tiny_model import ensure_tiny_llama
+
+
+def test_tiny_llama_is_deterministic_for_a_seed_and_built_once(tmp_path, model_cache):
+    a = load_file(f"{ensure_tiny_llama(model_cache, log=None)}/model.safetensors")
+    built = []
+    path = ensure_tiny_llama(tmp_path, log=built.append)
+    b = load_file(f"{path}/model.safetensors")
+    assert built and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    again = []
+    assert ensure_tiny_llama(tmp_path, log=again.append) == path and again == []  # cached
+
+
+@pytest.mark.parametrize(
+    ("quantization", "layer_type", "quant_type"),
+    [("nf4", bnb.nn.Linear4bit, "nf4"), ("fp4", bnb.nn.Linear4bit, "fp4"), ("int8", bnb.nn.Linear8bitLt, None),
+     ("none", torch.nn.Linear, None)],
+)
+def test_quantization_kinds(model_cache, quantization, layer_type, quant_type):
+    model, tok = load_base_model(ModelSettings(quantization=quantization), model_cache, log=None)
+    proj = model.model.layers[0].mlp.up_proj
+    assert type(proj) is layer_type
+    if quant_type:
+        assert proj.weight.quant_type == quant_type
+        assert proj.weight.dtype == torch.uint8  # packed 4-bit
+    assert type(model.lm_head) is torch.nn.Linear  # the head stays in full precision
+    assert model.device.type == "cpu"
+    ids = tok("Q: cat\nA:", return_tensors="pt")["input_ids"]
+    assert torch.isfinite(model(ids).logits.float()).all()
+
+
+def test_nf4_defaults_are_double_quant_and_bf16_compute():
+    cfg = quantization_config(ModelSettings())
+    assert cfg.load_in_4bit and cfg.bnb_4bit_quant_type == "nf4" and cfg.bnb_4bit_use_double_quant
+    assert cfg.bnb_4bit_compute_dtype == torch.bfloat16
+    assert quantization_config(ModelSettings(quantization="none")) is None
+
+
+def test_lora_defaults_target_all_linear_layers():
+    cfg = lora_config(LoraSettings())
+    assert cfg.target_modules == "all-linear" and cfg.r == 8 and cfg.lora_alpha == 16
+
+
+def test_local_directory_and_hub_id_resolution(tmp_path, model_cache):
+    local = ensure_tiny_llama(model_cache, log=None)
+    # A local directory is loaded like a hub checkout: the same from_pretrained call.
+    settings = ModelSettings(name_or_path=str(local), quantization="nf4")
+    assert resolve_model_path(settings) == str(local)
+    model, _ = load_base_model(settings, log=None)
+    assert isinstance(model.model.layers[1].self_attn.q_proj, bnb.nn.Linear4bit)
+    # A hub id passes through untouched to from_pretrained.
+    assert resolve_model_path(ModelSettings(name_or_path="Qwen/Qwen2.5-0.5B")) == "Qwen/Qwen2.5-0.5B"
+    with pytest.raises(FileNotFoundError, match="directory './models/nope' does not exist"):
+        resolve_model_path(ModelSettings(name_or_path="./models/nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        resolve_model_path(ModelSettings(name_or_path=str(tmp_path / "empty")))
