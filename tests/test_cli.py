@@ -12,7 +12,7 @@ import pytest
 def dpo_sweep(*args, cache=None, cwd=None):
     env = {**os.environ, **({"DPO_SWEEP_CACHE": cache} if cache else {})}
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=600)
+                          env=env, cwd=cwd, timeout=600, check=False)
 
 
 def test_help_lists_the_commands():

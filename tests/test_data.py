@@ -77,7 +77,7 @@ def test_column_missing_everywhere_is_named_with_the_columns_found(tmp_path, tok
 def test_bad_json_line_is_named(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps(GOOD) + "\n{not json\n")
-    rows, numbers, problems = read_rows(str(path))
+    rows, _, problems = read_rows(str(path))
     assert len(rows) == 1 and [p.row for p in problems] == [2] and "not valid JSON" in problems[0].detail
 
 

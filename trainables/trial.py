@@ -161,6 +161,7 @@ def build_trainer(spec: TrialSpec, report: Report, log=print):
     import datasets
     import transformers
     from transformers.trainer_callback import PrinterCallback
+
     from trainables.data import load_preference_data
     from trainables.dpo_trainer import ResumableDPOTrainer
     from trainables.model import load_base_model, lora_config, trial_device
