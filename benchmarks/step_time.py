@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+import torch
+from transformers import TrainerCallback
 
-from trainables.config import TrialSpec  # noqa: E402
-from trainables.tiny_model import ensure_tiny_llama  # noqa: E402
-from trainables.trial import build_trainer  # noqa: E402
+from trainables.config import TrialSpec
+from trainables.tiny_model import ensure_tiny_llama
+from trainables.trial import build_trainer
 
 SETUPS = {
     "qlora_nf4_bf16": {"quantization": "nf4", "compute_dtype": "bfloat16"},

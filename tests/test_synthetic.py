@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables.answers import answer_quality
 from trainables.config import ModelSettings, SyntheticSettings
 from trainables.model import load_base_model
+from trainables.probes import answer_quality
 from trainables.synthetic import make_task, preferred_answer, score_answer
 
 

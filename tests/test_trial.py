@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from trainables.model import load_base_model
+from trainables.probes import sequence_logps
 from trainables.synthetic import SyntheticSettings, make_task
 from trainables.trial import build_trainer, report_steps, run_trial
 
@@ -94,13 +95,6 @@ def test_resume_from_checkpoint_continues_and_matches_an_uninterrupted_run(make_
     assert resumed[-1][0]["eval_loss"] == pytest.approx(full[-1][0]["eval_loss"], abs=1e-3)
 
 
-def _sequence_logps(model, batch):
-    """Summed completion log-probs, computed here from plain logits (not TRL's fused head)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-    logp = logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
-    return (logp * batch["completion_mask"][:, 1:]).sum(-1)
-
-
 def _loss_and_margins(make_spec, label_smoothing, loss_type="sigmoid"):
     spec = make_spec(f"cdpo-{label_smoothing}", model={"compute_dtype": "float32"},
                      dpo={"label_smoothing": label_smoothing, "loss_type": loss_type, "beta": 0.5})
@@ -116,9 +110,9 @@ def _loss_and_margins(make_spec, label_smoothing, loss_type="sigmoid"):
     batch = next(iter(trainer.get_train_dataloader()))
     with torch.no_grad():
         loss = trainer.compute_loss(model, batch).item()
-        policy = _sequence_logps(model, batch)
+        policy = sequence_logps(model, batch)
         with model.disable_adapter():
-            ref = _sequence_logps(model, batch)
+            ref = sequence_logps(model, batch)
     pc, pr = policy.chunk(2)
     rc, rr = ref.chunk(2)
     x = spec.dpo.beta * ((pc - rc) - (pr - rr))
@@ -168,3 +162,24 @@ def test_too_few_steps_for_the_report_schedule_is_refused():
 
     with pytest.raises(ConfigError, match=r"reports_per_epoch=8 x num_train_epochs=1 = 8 reports.*only 5"):
         report_steps(5, 1, 8)
+
+
+def test_gradients_after_an_evaluation_match_those_before(make_spec):
+    """bitsandbytes repacks 4-bit weights for its CPU inference kernel on an eval forward and never
+    unpacks them on train(); its kernel has no backward, so later gradients would silently be wrong."""
+    trainer, _, _ = build_trainer(make_spec("grads", dpo={"reports_per_epoch": 1}), lambda m, c: None, log=quiet)
+    model = trainer.model
+    batch = next(iter(trainer.get_train_dataloader()))
+
+    def layer0_lora_grads():
+        model.train()
+        model.zero_grad()
+        trainer.compute_loss(model, batch).backward()
+        return {n: p.grad.detach().clone() for n, p in model.named_parameters() if "layers.0." in n and p.grad is not None}
+
+    before = layer0_lora_grads()
+    trainer.evaluate()
+    after = layer0_lora_grads()
+    assert before and before.keys() == after.keys()
+    for name in before:
+        assert torch.allclose(before[name].float(), after[name].float(), atol=1e-6), name

@@ -38,11 +38,11 @@ class ConfigError(ValueError):
         super().__init__(f"{len(problems)} problem(s){where}:\n{lines}")
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelSettings(_Strict):
+class ModelSettings(StrictModel):
     name_or_path: str = Field(
         "tiny-llama",
         description="Hugging Face model id, a local directory, or 'tiny-llama' (built locally, offline).",
@@ -58,7 +58,7 @@ class ModelSettings(_Strict):
     trust_remote_code: bool = False
 
 
-class LoraSettings(_Strict):
+class LoraSettings(StrictModel):
     r: int = Field(8, ge=1, description="LoRA rank.")
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
@@ -67,7 +67,7 @@ class LoraSettings(_Strict):
     )
 
 
-class SyntheticSettings(_Strict):
+class SyntheticSettings(StrictModel):
     num_train: int = Field(1000, ge=8, description="Training pairs.")
     num_eval: int = Field(200, ge=8, description="Held-out pairs; always clean (no label noise).")
     num_probe: int = Field(64, ge=0, description="Clean prompts whose greedy answers are scored (0 disables).")
@@ -75,7 +75,7 @@ class SyntheticSettings(_Strict):
     seed: int = 0
 
 
-class DataSettings(_Strict):
+class DataSettings(StrictModel):
     source: str = Field(
         "synthetic",
         description="'synthetic', a .jsonl/.json/.parquet file, a `datasets` save_to_disk directory, or a hub id.",
@@ -88,7 +88,7 @@ class DataSettings(_Strict):
     synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
 
 
-class DPOSettings(_Strict):
+class DPOSettings(StrictModel):
     beta: float = Field(0.1, gt=0, description="KL strength: >0.3 barely moves the policy, <0.05 risks reward hacking.")
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of the LoRA weights.")
     num_train_epochs: int = Field(1, ge=1)
@@ -138,13 +138,24 @@ def loss_problems(loss_type: Any, label_smoothing: Any) -> list[str]:
     return []
 
 
-class TrialSpec(_Strict):
+class RewardHackingSettings(StrictModel):
+    """The practitioner's rule: a held-out reward metric improving by more than `threshold` (relative)
+    within one epoch means the learning rate is probably too high."""
+
+    enabled: bool = True
+    metric: str = Field("eval_rewards_accuracies", description="Held-out metric watched, as reported.")
+    threshold: float = Field(0.10, gt=0, description="Relative rise within one epoch that flags (0.10 = 10%).")
+    action: Literal["flag", "stop"] = Field("flag", description="'flag' tags the trial; 'stop' also ends it.")
+
+
+class TrialSpec(StrictModel):
     """Everything one trial needs; saved beside its results so it can be re-run alone."""
 
     model: ModelSettings = Field(default_factory=ModelSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     dpo: DPOSettings = Field(default_factory=DPOSettings)
+    reward_hacking: RewardHackingSettings = Field(default_factory=RewardHackingSettings)
     output_dir: str = Field("dpo-sweep-output/trial", description="Where checkpoints go (made absolute).")
     cache_dir: str | None = Field(None, description="Built-in model cache; default ~/.cache/dpo-sweep.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk by the trial.")
@@ -221,16 +232,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def set_path(raw: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    """A copy of `raw` with raw[path[0]][path[1]]... = value (mappings on the way are copied, not shared)."""
+    out = dict(raw)
+    node = out
+    for part in path[:-1]:
+        child = node.get(part)
+        node[part] = child = dict(child) if isinstance(child, dict) else {}
+        node = child
+    node[path[-1]] = value
+    return out
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     out = dict(raw)
     for text in overrides:
         path, value = parse_override(text)
-        node = out
-        for part in path[:-1]:
-            child = node.get(part)
-            node[part] = child = dict(child) if isinstance(child, dict) else {}
-            node = child
-        node[path[-1]] = value
+        out = set_path(out, path, value)
     return out
 
 
@@ -266,3 +284,41 @@ def validate_trial_spec(raw: dict[str, Any], source: str | None = None) -> Trial
             if not any(p in q for q in problems):
                 problems.append(f"dpo: {p}")
         raise ConfigError(problems, source=source) from None
+
+
+# ---------------------------------------------------------------- swept parameters
+
+def _leaf_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    paths = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            paths += _leaf_paths(ann, f"{prefix}{name}.")
+        else:
+            paths.append(prefix + name)
+    return paths
+
+
+def param_keys() -> list[str]:
+    """Keys a search space may use: DPO knobs by short name, any trial field by dotted path."""
+    return list(DPOSettings.model_fields) + _leaf_paths(TrialSpec)
+
+
+def resolve_param_key(key: str) -> str | None:
+    """'beta' -> 'dpo.beta'; 'lora.r' -> 'lora.r'; unknown -> None."""
+    if key in DPOSettings.model_fields:
+        return f"dpo.{key}"
+    return key if key in _leaf_paths(TrialSpec) else None
+
+
+def closest_param_key(key: str) -> str | None:
+    match = difflib.get_close_matches(ALIASES.get(key, key), param_keys(), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def spec_with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The base trial config with each swept key set (keys as in the search space)."""
+    out = dict(base)
+    for key, value in params.items():
+        out = set_path(out, (resolve_param_key(key) or key).split("."), value)
+    return out

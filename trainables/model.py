@@ -99,4 +99,22 @@ def load_base_model(settings: ModelSettings, cache_dir: str | None = None, devic
         device_map={"": device.index if device.type == "cuda" else "cpu"},
         trust_remote_code=settings.trust_remote_code,
     )
+    keep_4bit_weights_trainable(model)
     return model, load_tokenizer(path, settings)
+
+
+def keep_4bit_weights_trainable(model) -> int:
+    """Turn off bitsandbytes' CPU inference repacking of 4-bit weights; returns the layers touched.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit weight for its inference
+    kernel the first time the layer runs in eval mode without grad (an evaluation, a generate) and
+    does not unpack it on train(). That kernel has no backward, so every later training step
+    back-propagated wrong gradients through the base layers (torch warns "gemv_4bit: an autograd
+    kernel was not registered"). Evaluation stays on the regular 4-bit path instead.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)

@@ -31,6 +31,7 @@ PRIMARY_METRIC = "eval_rewards_accuracies"
 @dataclass
 class TrialResult:
     reports: int
+    flagged_at_step: int | None
     last_metrics: dict[str, Any]
     final_checkpoint: str | None
     data_description: str
@@ -109,10 +110,16 @@ def clean_metric_name(key: str) -> str:
     return key.replace("/", "_")
 
 
-def _make_callback(report: Report, probes, tokenizer, eval_batch_size: int, reports_per_epoch: int):
+STATE_FILE = "dpo_sweep_state.json"  # beside each checkpoint: what the trial needs to resume its own bookkeeping
+
+
+def _make_callback(report: Report, spec: TrialSpec, probes, tokenizer):
     from transformers import TrainerCallback
 
-    from trainables.answers import answer_quality
+    from trainables.probes import answer_quality, policy_drift
+    from trainables.reward_hacking import RewardHackingMonitor
+
+    reports_per_epoch = spec.dpo.reports_per_epoch
 
     class ReportCallback(TrainerCallback):
         """Evaluate + log + save at fixed steps; report once the checkpoint of that step exists."""
@@ -124,6 +131,14 @@ def _make_callback(report: Report, probes, tokenizer, eval_batch_size: int, repo
             self.reports = 0
             self.last_metrics: dict[str, Any] = {}
             self.last_checkpoint: str | None = None
+            self.monitor = (RewardHackingMonitor(spec.reward_hacking, reports_per_epoch)
+                            if spec.reward_hacking.enabled else None)
+
+        def restore(self, checkpoint_dir: str) -> None:
+            path = Path(checkpoint_dir, STATE_FILE)
+            if self.monitor and path.is_file():
+                state = json.loads(path.read_text())
+                self.monitor = RewardHackingMonitor.from_state(spec.reward_hacking, state["reward_hacking"])
 
         def on_train_begin(self, args, state, control, **kw):
             self.steps = set(report_steps(state.max_steps, math.ceil(args.num_train_epochs), reports_per_epoch))
@@ -137,11 +152,13 @@ def _make_callback(report: Report, probes, tokenizer, eval_batch_size: int, repo
                 self.train_logs = {f"train_{clean_metric_name(k)}": v for k, v in logs.items()
                                    if isinstance(v, (int, float)) and k != "epoch"}
 
-        def on_evaluate(self, args, state, control, metrics=None, model=None, **kw):
+        def on_evaluate(self, args, state, control, metrics=None, model=None, eval_dataloader=None, **kw):
             m = {clean_metric_name(k): v for k, v in (metrics or {}).items()
                  if k.startswith("eval_") and isinstance(v, (int, float))}
             if probes:
-                m.update(answer_quality(model, tokenizer, probes, batch_size=eval_batch_size))
+                m.update(answer_quality(model, tokenizer, probes, batch_size=spec.dpo.per_device_eval_batch_size))
+            if eval_dataloader is not None:
+                m.update(policy_drift(model, eval_dataloader))
             self.pending = m
 
         def on_save(self, args, state, control, **kw):
@@ -149,6 +166,11 @@ def _make_callback(report: Report, probes, tokenizer, eval_batch_size: int, repo
             metrics = {**(self.pending or {}), **self.train_logs, "step": state.global_step,
                        "epoch": round(state.epoch or 0.0, 4)}
             self.pending = None
+            if self.monitor:
+                metrics.update(self.monitor.update(metrics))
+                Path(ckpt, STATE_FILE).write_text(json.dumps({"reward_hacking": self.monitor.state()}))
+                if self.monitor.should_stop:
+                    control.should_training_stop = True
             self.reports += 1
             self.last_metrics, self.last_checkpoint = metrics, ckpt
             report(metrics, ckpt)
@@ -177,8 +199,7 @@ def build_trainer(spec: TrialSpec, report: Report, log=print):
             + ", ".join(f"{k} {v}" for k, v in data.dropped.items()))
     log(f"[trial] data: {data.description}; {len(data.train)} train / {len(data.eval)} eval pairs; device {device}")
 
-    callback = _make_callback(report, data.probes, tokenizer, spec.dpo.per_device_eval_batch_size,
-                              spec.dpo.reports_per_epoch)
+    callback = _make_callback(report, spec, data.probes, tokenizer)
     trainer = ResumableDPOTrainer(
         model=model,
         args=build_dpo_config(spec, use_cpu=device.type == "cpu"),
@@ -202,7 +223,16 @@ def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, l
     out.mkdir(parents=True, exist_ok=True)
     (out / "trial_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
     trainer, data, callback = build_trainer(spec, report, log=log)
+    if resume_from:
+        callback.restore(resume_from)
+    elif callback.monitor:
+        # The reward-hacking rule compares against the start of the epoch: in the first one, the model
+        # before any optimizer step. One evaluation, not reported.
+        trainer.evaluate()  # on_evaluate leaves the cleaned-up metrics in callback.pending
+        callback.monitor.baseline = callback.pending.get(spec.reward_hacking.metric)
+        callback.pending = None
     trainer.train(resume_from_checkpoint=resume_from)
-    return TrialResult(reports=callback.reports, last_metrics=callback.last_metrics,
+    flagged = callback.monitor.flagged_at_step if callback.monitor else None
+    return TrialResult(reports=callback.reports, flagged_at_step=flagged, last_metrics=callback.last_metrics,
                        final_checkpoint=callback.last_checkpoint, data_description=data.description,
                        dropped_rows=data.dropped, trainer=trainer)

@@ -1,0 +1,110 @@
+"""The sweep config: the base trial plus search, scheduler, resources, tracking and storage.
+
+    name: my-sweep
+    trial:              # a trial config (trainables/config.py); swept keys override it per trial
+      model: {name_or_path: Qwen/Qwen2.5-0.5B}
+      data: {source: prefs.jsonl}
+    search:
+      space: seed-exercise            # a named space (dpo-sweep spaces) or an inline mapping
+      algorithm: grid                 # grid | random | optuna
+    scheduler: {kind: asha, grace_period: 2, reduction_factor: 3}
+    resources: {cpu_per_trial: 1, gpu_per_trial: 0.25}
+    tracking: {uri: null, experiment: my-sweep}
+    storage: {path: dpo-sweep-output}
+
+    dpo-sweep validate my_sweep.yaml --set search.algorithm=random
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from trainables.config import (
+    ConfigError,
+    StrictModel,
+    TrialSpec,
+    apply_overrides,
+    format_validation_error,
+    read_yaml,
+    validate_trial_spec,
+)
+from trainables.trial import PRIMARY_METRIC
+
+
+class SearchSettings(StrictModel):
+    space: str | dict[str, Any] = Field(
+        "seed-exercise", description="A named space (see `dpo-sweep spaces`) or {key: {grid|choice|uniform|"
+                                     "loguniform: ...}} declared inline.")
+    algorithm: Literal["grid", "random", "optuna"] = Field(
+        "grid", description="grid/random: Tune's variant generator; optuna: TPE (pip install 'dpo-sweep[optuna]').")
+    num_samples: int = Field(1, ge=1, description="grid: repeats of the whole grid (seeds); random/optuna: trials.")
+    metric: str = Field(PRIMARY_METRIC, description="Held-out metric ASHA and the analysis rank trials by.")
+    mode: Literal["max", "min"] = "max"
+    seed: int | None = Field(None, description="Seed of random/optuna sampling.")
+
+
+class SchedulerSettings(StrictModel):
+    kind: Literal["asha", "fifo"] = Field("asha", description="asha stops weak trials early; fifo runs all.")
+    grace_period: int = Field(1, ge=1, description="Reports every trial gets before ASHA may stop it.")
+    reduction_factor: float = Field(3, gt=1, description="Keep the top 1/reduction_factor at each rung.")
+
+
+class ResourceSettings(StrictModel):
+    cpu_per_trial: float = Field(1, gt=0, description="CPUs reserved per trial (and its torch threads).")
+    gpu_per_trial: float = Field(0, ge=0, description="GPUs per trial; fractions pack several trials per GPU.")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="Cap on trials running at once.")
+    max_failures: int = Field(1, ge=0, description="Retries of a crashed trial, from its last checkpoint.")
+
+
+class TrackingSettings(StrictModel):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<storage.path>/mlflow.db.")
+    experiment: str | None = Field(None, description="MLflow experiment; default the sweep name.")
+
+
+class StorageSettings(StrictModel):
+    path: str = Field("dpo-sweep-output", description="Ray results, checkpoints and analysis (local dir or URI).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints Ray keeps per trial (best by metric).")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return v if "://" in v else str(Path(v).expanduser().resolve())
+
+
+class SweepConfig(StrictModel):
+    name: str = Field("dpo-sweep", pattern=r"^[A-Za-z0-9._-]+$", description="Sweep name (letters, digits, ._-).")
+    trial: TrialSpec = Field(default_factory=TrialSpec)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    resources: ResourceSettings = Field(default_factory=ResourceSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+def validate_sweep_config(raw: dict[str, Any], source: str | None = None) -> SweepConfig:
+    trial_raw = raw.get("trial") if isinstance(raw.get("trial"), dict) else {}
+    problems: list[str] = []
+    try:
+        validate_trial_spec(trial_raw)
+    except ConfigError as e:
+        problems += [f"trial.{p}" for p in e.problems]
+    try:
+        cfg = SweepConfig.model_validate(raw)
+    except ValidationError as e:
+        problems += [p for p in format_validation_error(e, SweepConfig) if not p.startswith("trial.")]
+        cfg = None
+    if problems:
+        raise ConfigError(problems, source=source)
+    return cfg
+
+
+def load_sweep_config(path: str | Path | None = None, overrides: list[str] = ()) -> SweepConfig:
+    raw = read_yaml(path) if path else {}
+    return validate_sweep_config(apply_overrides(raw, list(overrides)), source=str(path) if path else None)
