@@ -23,8 +23,8 @@ def domain_from_yaml(key: str, spec: Any) -> tuple[Any, list[str]]:
     if not isinstance(spec, dict):
         return spec, []
     if len(spec) != 1 or next(iter(spec)) not in KINDS:
-        return None, [f"search.space.{key}: expected one of {{{', '.join(f'{k}: ...' for k in KINDS)}}} "
-                      f"or a plain value, got {spec!r}"]
+        return None, [(f"search.space.{key}: expected one of {{{', '.join(f'{k}: ...' for k in KINDS)}}} "
+                      f"or a plain value, got {spec!r}")]
     kind, arg = next(iter(spec.items()))
     if kind in ("grid", "choice"):
         if not isinstance(arg, list) or not arg:
