@@ -74,6 +74,13 @@ class StorageSettings(StrictModel):
         return v if "://" in v else str(Path(v).expanduser().resolve())
 
 
+class AnalysisSettings(StrictModel):
+    max_abs_logratio: float | None = Field(
+        None, gt=0, description="Leave trials whose mean |log pi - log pi_ref| on held-out completions ends above "
+                                "this (nats) out of the sweet spot; None keeps all. 1.4 separated collapsed from "
+                                "healthy policies on the synthetic benchmark (short answers; scale with length).")
+
+
 class SweepConfig(StrictModel):
     name: str = Field("dpo-sweep", pattern=r"^[A-Za-z0-9._-]+$", description="Sweep name (letters, digits, ._-).")
     trial: TrialSpec = Field(default_factory=TrialSpec)
@@ -82,6 +89,7 @@ class SweepConfig(StrictModel):
     resources: ResourceSettings = Field(default_factory=ResourceSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
 
     @property
     def experiment(self) -> str:

@@ -2,10 +2,14 @@
 
 The practitioner's rule: a reward metric that improves by more than 10% within one epoch means
 the learning rate is probably too high. At every report the watched metric is compared with its
-value one epoch earlier (`reports_per_epoch` reports back; in the first epoch, with the value
-measured before the first optimizer step):
+value one epoch earlier (`reports_per_epoch` reports back; in the first epoch, with the first
+report's value):
 
     relative change = (now - one epoch ago) / |one epoch ago|
+
+The first epoch's window starts at the first report, not before training: a fresh adapter is the
+identity, where every reward metric is 0 (TRL's strict '>' even reports accuracy 0), so a relative
+change from there means nothing.
 
 Beside it every report carries the held-out chosen log-prob (`eval_logps_chosen`) and the mean
 |log pi - log pi_ref| (`eval_abs_logratio`), the signals that predicted answer-quality collapse
@@ -25,7 +29,6 @@ EPS = 1e-8
 class RewardHackingMonitor:
     settings: RewardHackingSettings
     reports_per_epoch: int
-    baseline: float | None = None
     history: list[float] = field(default_factory=list)
     flagged_at_step: int | None = None
     max_rel_change: float = float("-inf")
@@ -35,16 +38,15 @@ class RewardHackingMonitor:
         value = metrics.get(self.settings.metric)
         if value is None:
             return {}
-        window = self.history[-self.reports_per_epoch:]
-        start = window[0] if len(window) == self.reports_per_epoch else self.baseline
-        if start is None:  # no baseline measured (monitor turned on mid-run): start from the first report
-            start = self.history[0] if self.history else value
+        back = self.reports_per_epoch
+        start = self.history[-back] if len(self.history) >= back else (self.history[0] if self.history else value)
         self.history.append(float(value))
         rel = (value - start) / max(abs(start), EPS)
         self.max_rel_change = max(self.max_rel_change, rel)
         if rel > self.settings.threshold and self.flagged_at_step is None:
             self.flagged_at_step = int(metrics.get("step", len(self.history)))
-        return {"reward_hack_rel_change": rel, "reward_hack_flag": float(self.flagged_at_step is not None)}
+        return {"reward_hack_rel_change": rel, "reward_hack_flag": float(self.flagged_at_step is not None),
+                "reward_hack_stop": float(self.should_stop)}
 
     @property
     def should_stop(self) -> bool:

@@ -26,6 +26,18 @@ from trainables.config import ConfigError, TrialSpec
 
 Report = Callable[[dict[str, Any], str | None], None]
 PRIMARY_METRIC = "eval_rewards_accuracies"
+# Held-out metrics in every report: TRL's eval keys ('/' -> '_') plus the drift probe.
+EVAL_METRICS = (
+    "eval_loss", "eval_rewards_accuracies", "eval_rewards_margins", "eval_rewards_chosen", "eval_rewards_rejected",
+    "eval_logps_chosen", "eval_logps_rejected", "eval_logits_chosen", "eval_logits_rejected", "eval_entropy",
+    "eval_mean_token_accuracy", "eval_abs_logratio",
+)
+ANSWER_METRICS = ("answer_exact_rate", "answer_valid_rate")  # synthetic data only: probes with known answers
+
+
+def reported_metrics(synthetic: bool) -> set[str]:
+    """Names a sweep may rank or watch trials by."""
+    return set(EVAL_METRICS) | (set(ANSWER_METRICS) if synthetic else set())
 
 
 @dataclass
@@ -225,12 +237,6 @@ def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, l
     trainer, data, callback = build_trainer(spec, report, log=log)
     if resume_from:
         callback.restore(resume_from)
-    elif callback.monitor:
-        # The reward-hacking rule compares against the start of the epoch: in the first one, the model
-        # before any optimizer step. One evaluation, not reported.
-        trainer.evaluate()  # on_evaluate leaves the cleaned-up metrics in callback.pending
-        callback.monitor.baseline = callback.pending.get(spec.reward_hacking.metric)
-        callback.pending = None
     trainer.train(resume_from_checkpoint=resume_from)
     flagged = callback.monitor.flagged_at_step if callback.monitor else None
     return TrialResult(reports=callback.reports, flagged_at_step=flagged, last_metrics=callback.last_metrics,

@@ -1,0 +1,232 @@
+"""Preflight: every problem of a sweep found before Ray starts, all of them in one error.
+
+    dpo-sweep validate my_sweep.yaml
+
+Checks: the search space (named or inline; unknown keys with the closest valid name; every grid
+or choice value and both bounds of a range validated as a trial config), the trial config, the
+model path, the dataset rows, the report schedule against the data size, resources that can
+never be satisfied (Tune would leave such trials PENDING forever), and the MLflow tracking URI.
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import SweepConfig
+from search_spaces import SPACES, candidate_values, grid_size, space_from_yaml
+from trainables.config import (
+    ConfigError,
+    closest_param_key,
+    resolve_param_key,
+    spec_with_params,
+    validate_trial_spec,
+)
+from trainables.tracking import default_tracking_uri, is_local_uri
+from trainables.trial import reported_metrics
+
+
+class PreflightError(ConfigError):
+    pass
+
+
+@dataclass
+class Preflight:
+    """What preflight resolved, so the sweep does not compute it twice."""
+
+    param_space: dict[str, Any]
+    num_trials: int | None  # None: sampled until num_samples
+    tracking_uri: str
+    train_rows: int = 0
+    max_reports: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_space(cfg: SweepConfig) -> tuple[dict[str, Any], list[str]]:
+    space = cfg.search.space
+    if isinstance(space, str):
+        if space not in SPACES:
+            import difflib
+
+            guess = difflib.get_close_matches(space, list(SPACES), n=1)
+            hint = f"; did you mean '{guess[0]}'?" if guess else ""
+            return {}, [f"search.space: unknown named space {space!r}{hint} (named: {', '.join(SPACES)})"]
+        return SPACES[space](), []
+    return space_from_yaml(space)
+
+
+def check_space(cfg: SweepConfig, space: dict[str, Any]) -> list[str]:
+    problems = []
+    base = cfg.trial.model_dump(mode="json")
+    for key, domain in space.items():
+        path = resolve_param_key(key)
+        if path is None:
+            guess = closest_param_key(key)
+            hint = f"did you mean '{guess}'?" if guess else "use a DPO knob name or a dotted trial path like lora.r"
+            problems.append(f"search.space.{key}: unknown key; {hint}")
+            continue
+        for value in candidate_values(domain):
+            try:
+                validate_trial_spec(spec_with_params(base, {key: value}))
+            except ConfigError as e:
+                for p in e.problems:
+                    detail = p.split(": ", 1)[1] if p.startswith(path + ":") else p
+                    problems.append(f"search.space.{key}: value {value!r} is invalid: {detail}")
+    if not problems:
+        problems += check_combinations(base, space)
+    if cfg.search.algorithm == "grid" and not any(isinstance(d, dict) and "grid_search" in d for d in space.values()):
+        sampled = [k for k, d in space.items() if hasattr(d, "sample")]
+        if sampled:
+            problems.append(f"search.algorithm: 'grid' but {', '.join(sampled)} are sampled ranges, not grids; use "
+                            "search.algorithm: random (with num_samples) or optuna, or give grid values")
+    return problems
+
+
+MAX_COMBINATIONS = 2000  # 2000 pydantic validations take ~1 s
+
+
+def check_combinations(base: dict[str, Any], space: dict[str, Any], show: int = 3) -> list[str]:
+    """Values valid one by one can clash (label smoothing with a loss that ignores it): check the
+    cartesian product of every key's candidate values, when it is small enough."""
+    import itertools
+
+    keys = list(space)
+    values = [candidate_values(space[k]) for k in keys]
+    if math.prod(len(v) for v in values) > MAX_COMBINATIONS:
+        return []
+    bad = []
+    for combo in itertools.product(*values):
+        params = dict(zip(keys, combo, strict=True))
+        try:
+            validate_trial_spec(spec_with_params(base, params))
+        except ConfigError as e:
+            bad.append(f"search.space: the combination {params} is invalid: {'; '.join(e.problems)}")
+    if len(bad) > show:
+        bad = [*bad[:show], f"search.space: ... and {len(bad) - show} more invalid combination(s)"]
+    return bad
+
+
+def check_tracking(uri: str) -> list[str]:
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        parent = db.parent if db.is_absolute() else Path.cwd() / db.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return [f"tracking.uri: cannot create {parent} for the MLflow database: {e.strerror}"]
+        return []
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+                if r.status != 200:
+                    return [f"tracking.uri: {uri} answered /health with HTTP {r.status}; is it an MLflow server?"]
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            reason = getattr(e, "reason", e)
+            return [(f"tracking.uri: cannot reach the MLflow server at {uri} ({reason}); start it "
+                    "(mlflow server --host 127.0.0.1 --port 5000) or fix tracking.uri / MLFLOW_TRACKING_URI")]
+        return []
+    if is_local_uri(uri):
+        return [(f"tracking.uri: {uri!r} is a local path; MLflow 3 refuses file stores: use sqlite:///<abs path>/"
+                "mlflow.db or an http(s):// server")]
+    return []
+
+
+def check_resources(cfg: SweepConfig, cluster: dict[str, float] | None) -> list[str]:
+    """`cluster`: Ray's cluster_resources() when joining a cluster; None for a local run (this machine)."""
+    import os
+
+    r = cfg.resources
+    problems = []
+    if r.gpu_per_trial > 1 and r.gpu_per_trial != int(r.gpu_per_trial):
+        problems.append(f"resources.gpu_per_trial: fractions above 1 are not schedulable, got {r.gpu_per_trial}; "
+                        "use a whole number or a fraction below 1")
+    if cluster is None:
+        import torch
+
+        gpus, cpus, where = torch.cuda.device_count(), os.cpu_count() or 1, "this machine"
+    else:
+        gpus, cpus, where = cluster.get("GPU", 0), cluster.get("CPU", 0), "the Ray cluster"
+    if r.gpu_per_trial > 0 and gpus == 0:
+        problems.append(f"resources.gpu_per_trial: {r.gpu_per_trial} GPU per trial, but {where} has no GPU; Tune "
+                        "would leave every trial PENDING forever. Set resources.gpu_per_trial: 0, or join a cluster "
+                        "with GPUs (--address)")
+    elif r.gpu_per_trial > gpus:
+        problems.append(f"resources.gpu_per_trial: {r.gpu_per_trial} GPU per trial, but {where} has {gpus:g}")
+    if r.cpu_per_trial > cpus:
+        problems.append(f"resources.cpu_per_trial: {r.cpu_per_trial:g} CPUs per trial, but {where} has {cpus:g}")
+    return problems
+
+
+def check_metrics(cfg: SweepConfig, synthetic: bool) -> list[str]:
+    known = reported_metrics(synthetic)
+    problems = []
+    for name, value in (("search.metric", cfg.search.metric),
+                        ("trial.reward_hacking.metric", cfg.trial.reward_hacking.metric)):
+        if value not in known:
+            problems.append(f"{name}: {value!r} is not a reported metric; choose one of {', '.join(sorted(known))}")
+    return problems
+
+
+def _max_value(space: dict[str, Any], key: str, default: Any) -> Any:
+    values = [v for k, d in space.items() if resolve_param_key(k) == f"dpo.{key}" for v in candidate_values(d)]
+    return max(values) if values else default
+
+
+def check_data_and_model(cfg: SweepConfig, space: dict[str, Any], log) -> tuple[list[str], int, int]:
+    """(problems, training rows, most reports any trial makes)."""
+    from trainables.data import DataError, load_preference_data
+    from trainables.model import load_tokenizer, resolve_model_path
+
+    spec = cfg.trial
+    try:
+        path = resolve_model_path(spec.model, spec.cache_dir, log=log)
+    except FileNotFoundError as e:
+        return [f"trial.{e}"], 0, 0
+    try:
+        tokenizer = load_tokenizer(path, spec.model)
+    except OSError as e:
+        return [f"trial.model.name_or_path: cannot load the tokenizer of {spec.model.name_or_path!r}: {e}"], 0, 0
+    try:
+        data = load_preference_data(spec.data, tokenizer, spec.dpo.max_length, spec.dpo.truncation_mode)
+    except DataError as e:
+        return [f"trial.data: {e}"], 0, 0
+    n = len(data.train)
+    d = spec.dpo
+    batch = _max_value(space, "per_device_train_batch_size", d.per_device_train_batch_size)
+    accum = _max_value(space, "gradient_accumulation_steps", d.gradient_accumulation_steps)
+    reports = _max_value(space, "reports_per_epoch", d.reports_per_epoch)
+    epochs = _max_value(space, "num_train_epochs", d.num_train_epochs)
+    steps_per_epoch = math.ceil(math.ceil(n / batch) / accum)
+    problems = []
+    if steps_per_epoch < reports:
+        problems.append(f"trial.dpo.reports_per_epoch: {reports} reports per epoch, but with {n} training rows, "
+                        f"batch {batch} and accumulation {accum} an epoch has {steps_per_epoch} optimizer steps; "
+                        "lower reports_per_epoch or the batch/accumulation, or add data")
+    return problems, n, reports * epochs
+
+
+def run_preflight(cfg: SweepConfig, cluster: dict[str, float] | None = None, log=print) -> Preflight:
+    """Raise PreflightError listing every problem, or return what was resolved."""
+    space, problems = resolve_space(cfg)
+    problems += check_space(cfg, space)
+    space_ok = not problems
+    uri = cfg.tracking.uri or default_tracking_uri(cfg.storage.path)
+    problems += check_tracking(uri)
+    problems += check_resources(cfg, cluster)
+    problems += check_metrics(cfg, synthetic=cfg.trial.data.source == "synthetic")
+    # The report schedule is checked against the space's values only once those are valid.
+    data_problems, rows, max_reports = check_data_and_model(cfg, space if space_ok else {}, log)
+    problems += data_problems
+    if cfg.search.algorithm == "optuna":
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            problems.append("search.algorithm: optuna is not installed; pip install 'dpo-sweep[optuna]'")
+    if problems:
+        raise PreflightError(problems)
+    n = grid_size(space) * cfg.search.num_samples if cfg.search.algorithm == "grid" else cfg.search.num_samples
+    return Preflight(param_space=space, num_trials=n, tracking_uri=uri, train_rows=rows, max_reports=max_reports)

@@ -1,0 +1,40 @@
+"""Progress of a running sweep on the terminal: one line per report, one per finished trial."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ray.tune import Callback
+
+
+class ProgressPrinter(Callback):
+    def __init__(self, metric: str, num_trials: int | None, out=sys.stdout):
+        self.metric = metric
+        self.num_trials = num_trials
+        self.out = out
+        self.start = time.monotonic()
+        self.finished = 0
+
+    def _line(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.start:6.0f}s] {text}", file=self.out, flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._line(f"start  {trial}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        extra = " REWARD-HACKING FLAG" if result.get("reward_hack_flag") else ""
+        answers = f" answers {result['answer_exact_rate']:.2f}" if "answer_exact_rate" in result else ""
+        shown = f"{value:.3f}" if isinstance(value, float) else value
+        self._line(f"report {trial} #{result.get('training_iteration')} step {result.get('step')} "
+                   f"{self.metric} {shown}{answers}{extra}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finished += 1
+        total = f"/{self.num_trials}" if self.num_trials else ""
+        self._line(f"done   {trial} ({self.finished}{total} finished)")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.finished += 1
+        self._line(f"FAILED {trial}: see {trial.path}/error.txt")

@@ -1,0 +1,155 @@
+"""Sweep configs and preflight: named spaces, inline spaces, every refusal, shipped YAMLs."""
+
+from __future__ import annotations
+
+import socket
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_sweep_config, validate_sweep_config
+from orchestrator.preflight import PreflightError, check_resources, run_preflight
+from search_spaces import SPACES
+from trainables.config import ConfigError
+
+
+@pytest.fixture
+def sweep(model_cache, tmp_path):
+    def make(**sections):
+        raw = {
+            "name": "t",
+            "trial": {"cache_dir": model_cache,
+                      "data": {"source": "synthetic", "synthetic": {"num_train": 256, "num_eval": 64}}},
+            "storage": {"path": str(tmp_path / "out")},
+        }
+        for k, v in sections.items():
+            raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
+        return validate_sweep_config(raw)
+
+    return make
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_every_named_space_validates(sweep, name):
+    algorithm = "random" if name == "full" else "grid"
+    pre = run_preflight(sweep(search={"space": name, "algorithm": algorithm, "num_samples": 2}), log=None)
+    assert set(pre.param_space) == set(SPACES[name]())
+
+
+def shipped_configs():
+    return sorted(Path(str(resources.files("orchestrator") / "configs")).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: p.name)
+def test_every_shipped_yaml_validates(path, model_cache, tmp_path):
+    overrides = [f"trial.cache_dir={model_cache}", f"storage.path={tmp_path}"] if path.name != "demo-trial.yaml" \
+        else [f"cache_dir={model_cache}"]
+    if path.name == "demo-trial.yaml":
+        from trainables.config import load_trial_spec
+
+        load_trial_spec(path, overrides)
+    else:
+        run_preflight(load_sweep_config(path, overrides), log=None)
+
+
+def test_inline_space_kinds(sweep):
+    space = {"beta": {"grid": [0.05, 0.1]}, "learning_rate": {"loguniform": [1e-5, 1e-3]},
+             "num_train_epochs": {"choice": [1, 2]}, "label_smoothing": {"uniform": [0.0, 0.2]}, "dpo.seed": 3}
+    pre = run_preflight(sweep(search={"space": space, "algorithm": "random", "num_samples": 3}), log=None)
+    assert pre.param_space["beta"] == {"grid_search": [0.05, 0.1]} and pre.param_space["dpo.seed"] == 3
+    assert pre.max_reports == 4 * 2
+
+
+def refusals(cfg, cluster=None):
+    with pytest.raises(PreflightError) as err:
+        run_preflight(cfg, cluster, log=None)
+    return "\n".join(err.value.problems)
+
+
+def test_unknown_space_keys_name_the_closest_valid_one(sweep):
+    text = refusals(sweep(search={"space": {"betta": {"grid": [0.1]}, "lr": {"grid": [1e-4]},
+                                            "lora.rank": {"grid": [4]}}}))
+    assert "search.space.betta: unknown key; did you mean 'beta'?" in text
+    assert "search.space.lr: unknown key; did you mean 'learning_rate'?" in text
+    assert "search.space.lora.rank: unknown key; did you mean 'lora.r'?" in text
+
+
+def test_unknown_named_space(sweep):
+    assert "unknown named space 'seed-exercize'; did you mean 'seed-exercise'?" in refusals(
+        sweep(search={"space": "seed-exercize"}))
+
+
+@pytest.mark.parametrize(
+    ("space", "needle"),
+    [
+        ({"beta": {"grid": [0.1, -0.2]}}, "search.space.beta: value -0.2 is invalid: Input should be greater than 0"),
+        ({"learning_rate": {"grid": [0, 1e-4]}}, "search.space.learning_rate: value 0 is invalid"),
+        ({"label_smoothing": {"uniform": [0.0, 0.6]}}, "search.space.label_smoothing: value 0.6 is invalid"),
+        ({"num_train_epochs": {"choice": [0, 1]}}, "search.space.num_train_epochs: value 0 is invalid"),
+        ({"gradient_accumulation_steps": {"grid": [0]}}, "search.space.gradient_accumulation_steps: value 0"),
+        ({"learning_rate": {"loguniform": [0, 1e-3]}}, "loguniform: bounds must be > 0"),
+        ({"beta": {"uniform": [0.5, 0.1]}}, "lower must be < upper"),
+        ({"beta": {"grd": [0.1]}}, "search.space.beta: expected one of {grid: ..."),
+        ({"label_smoothing": {"grid": [0.1]}, "loss_type": {"grid": ["hinge"]}},
+         "label_smoothing=0.1 has no effect with loss_type='hinge'"),
+    ],
+)
+def test_out_of_range_space_values_are_refused(sweep, space, needle):
+    assert needle in refusals(sweep(search={"space": space}))
+
+
+def test_all_problems_at_once(sweep, tmp_path):
+    bad_rows = tmp_path / "bad.jsonl"
+    bad_rows.write_text('{"prompt": "Q: a\\nA:", "chosen": " A", "rejected": " A"}\n' * 3)
+    text = refusals(sweep(search={"space": {"betta": {"grid": [1]}}}, resources={"gpu_per_trial": 1},
+                          trial={"data": {"source": str(bad_rows)}}))
+    assert "betta" in text and "no GPU" in text and f"{bad_rows}: row 1, column 'rejected'" in text
+
+
+def test_missing_model_path_is_refused(sweep):
+    assert "trial.model.name_or_path: directory './no/such/model' does not exist" in refusals(
+        sweep(trial={"model": {"name_or_path": "./no/such/model"}}))
+
+
+def test_a_gpu_request_without_gpus_is_refused_not_left_pending(sweep):
+    text = refusals(sweep(resources={"gpu_per_trial": 0.5}))
+    assert "Tune would leave every trial PENDING forever" in text
+    # The same rule against a cluster's resources, as `--address` preflight sees them.
+    assert check_resources(sweep(resources={"gpu_per_trial": 1}), {"CPU": 8, "GPU": 0})
+    assert not check_resources(sweep(resources={"gpu_per_trial": 0.25}), {"CPU": 8, "GPU": 2})
+    assert "has 2" in check_resources(sweep(resources={"gpu_per_trial": 4}), {"CPU": 8, "GPU": 2})[0]
+    assert "cpu_per_trial: 64 CPUs per trial" in check_resources(sweep(resources={"cpu_per_trial": 64}),
+                                                                 {"CPU": 8})[0]
+
+
+def test_unreachable_tracking_server_is_refused(sweep):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again on exit: nothing listens there
+    text = refusals(sweep(tracking={"uri": f"http://127.0.0.1:{port}"}))
+    assert f"cannot reach the MLflow server at http://127.0.0.1:{port}" in text
+    assert "is a local path" in refusals(sweep(tracking={"uri": "./mlruns"}))
+
+
+def test_unknown_metrics_are_refused(sweep):
+    text = refusals(sweep(search={"metric": "eval_acc"}, trial={"reward_hacking": {"metric": "reward"}}))
+    assert "search.metric: 'eval_acc' is not a reported metric" in text
+    assert "trial.reward_hacking.metric: 'reward' is not a reported metric" in text
+
+
+def test_report_schedule_must_fit_the_data(sweep):
+    assert "an epoch has 4 optimizer steps" in refusals(
+        sweep(search={"space": {"gradient_accumulation_steps": {"grid": [1, 4]}}},
+              trial={"dpo": {"reports_per_epoch": 6}}))
+
+
+def test_sweep_config_errors_name_fields():
+    with pytest.raises(ConfigError) as err:
+        validate_sweep_config({"scheduler": {"grace": 1, "reduction_factor": 1}, "trial": {"dpo": {"beta": 0}},
+                               "name": "a b"})
+    text = "\n".join(err.value.problems)
+    assert "scheduler.grace: unknown key; did you mean 'grace_period'?" in text
+    assert "scheduler.reduction_factor: Input should be greater than 1, got 1" in text
+    assert "trial.dpo.beta: Input should be greater than 0, got 0" in text
+    assert "name: String should match pattern" in text

@@ -1,0 +1,80 @@
+"""The Ray Tune entry of a trial: the thin layer between Tune and `run_trial`.
+
+It applies the swept values to the base trial config, resumes from Tune's checkpoint when the
+trial is restarted, opens (or continues) the trial's nested MLflow run, and turns every report
+into an MLflow step and a `ray.tune.report` with the checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainables.config import TrialSpec, spec_with_params
+from trainables.tracking import (
+    FLAG_TAG,
+    flatten,
+    log_step_metrics,
+    make_client,
+    open_trial_run,
+)
+
+SWEPT_TAG = "dpo_sweep.swept"
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of a sweep shares; handed over by `tune.with_parameters`."""
+
+    base_spec: dict[str, Any]
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    cpu_per_trial: float
+
+
+def trial_spec_for(context: SweepContext, params: dict[str, Any], output_dir: str) -> TrialSpec:
+    return TrialSpec.model_validate({**spec_with_params(context.base_spec, params), "output_dir": output_dir})
+
+
+def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
+    import torch
+    from ray import tune
+
+    from trainables.trial import run_trial
+
+    # Ray sets OMP_NUM_THREADS from the trial's CPUs; torch must agree, or two 2-thread trials on
+    # 2 cores spin against each other (seen here: 16x slower).
+    torch.set_num_threads(max(1, int(context.cpu_per_trial)))
+    ctx = tune.get_context()
+    trial_dir = Path(ctx.get_trial_dir())
+    spec = trial_spec_for(context, params, str(trial_dir / "hf"))
+
+    client = make_client(context.tracking_uri)
+    run_id = open_trial_run(
+        client, context.experiment_id, context.parent_run_id, ctx.get_trial_id(), ctx.get_trial_name(),
+        params=flatten(spec.model_dump(mode="json", exclude={"output_dir", "cache_dir"})),
+        tags={SWEPT_TAG: ",".join(sorted(params)), **{f"swept.{k}": str(v) for k, v in params.items()}},
+    )
+    client.log_text(run_id, json.dumps(spec.model_dump(mode="json"), indent=2), "trial_spec.json")
+
+    flagged = False
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        nonlocal flagged
+        log_step_metrics(client, run_id, metrics, step=int(metrics["step"]))
+        if metrics.get("reward_hack_flag") and not flagged:
+            flagged = True
+            client.set_tag(run_id, FLAG_TAG, f"flagged at step {metrics['step']}: {spec.reward_hacking.metric} rose "
+                                             f"{metrics['reward_hack_rel_change']:+.0%} within one epoch")
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        run_trial(spec, report, log=lambda *_: None)
+    else:
+        with checkpoint.as_directory() as d:
+            run_trial(spec, report, resume_from=d, log=lambda *_: None)
