@@ -9,15 +9,17 @@ from ray.tune import Callback
 
 
 class ProgressPrinter(Callback):
-    def __init__(self, metric: str, num_trials: int | None, out=sys.stdout):
+    # Tune pickles its callbacks with the experiment state: hold no file handles, look stdout up per line.
+    def __init__(self, metric: str, num_trials: int | None, enabled: bool = True):
         self.metric = metric
         self.num_trials = num_trials
-        self.out = out
+        self.enabled = enabled
         self.start = time.monotonic()
         self.finished = 0
 
     def _line(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.start:6.0f}s] {text}", file=self.out, flush=True)
+        if self.enabled:
+            print(f"[{time.monotonic() - self.start:6.0f}s] {text}", file=sys.stdout, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._line(f"start  {trial}")

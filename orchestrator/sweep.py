@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -122,7 +121,7 @@ def _start_ray(address: str | None) -> bool:
     return True
 
 
-def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, out=sys.stdout,
+def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress: bool = True,
               preflight: Preflight | None = None) -> SweepResult:
     import ray
 
@@ -155,7 +154,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, out=sys.s
                                experiment_id=experiment_id, parent_run_id=parent,
                                cpu_per_trial=cfg.resources.cpu_per_trial)
         tuner = build_tuner(cfg, pre.param_space, context, run_name, pre.max_reports,
-                            callbacks=[ProgressPrinter(cfg.search.metric, pre.num_trials, out=out)])
+                            callbacks=[ProgressPrinter(cfg.search.metric, pre.num_trials, enabled=progress)])
         grid = tuner.fit()
         records = records_from_results(grid, cfg)
         finalize_trial_runs(client, experiment_id, parent, records)

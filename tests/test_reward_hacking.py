@@ -10,7 +10,7 @@ from trainables.reward_hacking import RewardHackingMonitor
 
 def feed(values, reports_per_epoch=4, **settings):
     m = RewardHackingMonitor(RewardHackingSettings(**settings), reports_per_epoch)
-    return m, [m.update({"eval_rewards_accuracies": v, "step": 10 * (i + 1)}) for i, v in enumerate(values)]
+    return m, [m.update({m.settings.metric: v, "step": 10 * (i + 1)}) for i, v in enumerate(values)]
 
 
 def test_a_jump_of_more_than_ten_percent_within_an_epoch_flags():
@@ -37,12 +37,12 @@ def test_threshold_metric_and_stop_action_are_configurable():
     assert not m.flagged_at_step and not m.should_stop
     m, out = feed([0.70, 0.80], action="stop")
     assert m.should_stop and out[-1]["reward_hack_stop"] == 1
-    m = RewardHackingMonitor(RewardHackingSettings(metric="eval_rewards_margins"), 2)
-    assert m.update({"eval_rewards_accuracies": 0.9}) == {}  # the watched metric is absent: nothing to say
+    m = RewardHackingMonitor(RewardHackingSettings(metric="eval_rewards_accuracies"), 2)
+    assert m.update({"eval_rewards_margins": 0.9}) == {}  # the watched metric is absent: nothing to say
 
 
 def test_state_round_trips_for_resume():
     m, _ = feed([0.70, 0.72])
     restored = RewardHackingMonitor.from_state(m.settings, m.state())
-    assert restored.history == m.history and restored.update({"eval_rewards_accuracies": 0.9, "step": 30})[
+    assert restored.history == m.history and restored.update({"eval_rewards_margins": 0.9, "step": 30})[
         "reward_hack_flag"] == 1

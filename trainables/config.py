@@ -143,7 +143,7 @@ class RewardHackingSettings(StrictModel):
     within one epoch means the learning rate is probably too high."""
 
     enabled: bool = True
-    metric: str = Field("eval_rewards_accuracies", description="Held-out metric watched, as reported.")
+    metric: str = Field("eval_rewards_margins", description="Held-out reward metric watched, as reported.")
     threshold: float = Field(0.10, gt=0, description="Relative rise within one epoch that flags (0.10 = 10%).")
     action: Literal["flag", "stop"] = Field("flag", description="'flag' tags the trial; 'stop' also ends it.")
 

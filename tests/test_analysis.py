@@ -1,0 +1,54 @@
+"""Analysis on constructed results: table, sweet spot, plots, drift exclusion."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from orchestrator.analysis import COMPLETED, STOPPED, TrialRecord, analyze
+
+
+def record(tid, beta, lr, accs, expected=4, flag=False, drift=0.1):
+    steps = list(range(10, 10 * len(accs) + 1, 10))
+    hist = pd.DataFrame({"step": steps, "eval_rewards_accuracies": accs, "eval_abs_logratio": [drift] * len(accs),
+                         "reward_hack_flag": [float(flag)] * len(accs)})
+    return TrialRecord(trial_id=tid, name=tid, params={"beta": beta, "learning_rate": lr}, history=hist,
+                       expected_reports=expected)
+
+
+@pytest.fixture
+def records():
+    return [
+        record("a", 0.1, 1e-4, [0.6, 0.7, 0.8, 0.85]),
+        record("b", 0.5, 1e-4, [0.6, 0.65, 0.7, 0.72]),
+        record("c", 0.1, 1e-3, [0.8, 0.95, 0.97, 0.99], flag=True, drift=5.0),
+        record("d", 0.5, 1e-3, [0.55]),  # stopped early
+    ]
+
+
+def test_table_statuses_best_and_plots(records, tmp_path):
+    a = analyze(records, "eval_rewards_accuracies", "max", tmp_path)
+    assert list(a.table["trial"]) == ["a", "b", "c", "d"]
+    assert dict(zip(a.table["trial"], a.table["status"], strict=True)) == {
+        "a": COMPLETED, "b": COMPLETED, "c": COMPLETED, "d": STOPPED}
+    assert a.best["trial"] == "c" and a.best["eval_rewards_accuracies"] == a.table["eval_rewards_accuracies"].max()
+    assert "Sweet spot: beta=0.1, learning_rate=0.001" in a.summary
+    assert "Reward-hacking flag (held-out reward metric up > threshold within an epoch) on 1/4" in a.summary
+    assert pd.read_csv(a.table_path).shape[0] == 4
+    for name in ("interaction", "heatmap", "learning_curves"):
+        assert a.plots[name].is_file() and a.plots[name].stat().st_size > 10_000
+
+
+def test_drifted_trials_are_left_out_of_the_sweet_spot(records, tmp_path):
+    a = analyze(records, "eval_rewards_accuracies", "max", tmp_path, max_abs_logratio=1.4)
+    assert a.best["trial"] == "a"
+    assert "Left out of the sweet spot, policy more than 1.4 nats" in a.summary and "beta=0.1,learning_rate=0.001" in a.summary
+
+
+def test_stopped_trials_rank_only_when_none_completed(tmp_path):
+    recs = [record("x", 0.1, 1e-4, [0.9]), record("y", 0.5, 1e-4, [0.6, 0.7, 0.75, 0.8])]
+    assert analyze(recs, "eval_rewards_accuracies", "max", tmp_path).best["trial"] == "y"
+    recs = [record("x", 0.1, 1e-4, [0.9]), record("y", 0.5, 1e-4, [0.6])]
+    assert analyze(recs, "eval_rewards_accuracies", "max", tmp_path).best["trial"] == "x"
+    recs = [record("x", 0.1, 1e-4, [0.3, 0.2, 0.25, 0.1]), record("y", 0.5, 1e-4, [0.6, 0.5, 0.4, 0.3])]
+    assert analyze(recs, "eval_rewards_accuracies", "min", tmp_path).best["trial"] == "x"

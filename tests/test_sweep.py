@@ -1,0 +1,115 @@
+"""The sweep end to end: a real local Ray, real TRL on tiny-llama, a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.analysis import COMPLETED, STOPPED
+from orchestrator.config import validate_sweep_config
+from orchestrator.sweep import run_sweep
+from trainables.tracking import FLAG_TAG, PARENT_TAG, STATUS_TAG, make_client
+
+pytestmark = pytest.mark.slow
+
+
+def sweep_config(model_cache, out, **sections):
+    raw = {
+        "name": "t",
+        "trial": {
+            "cache_dir": model_cache,
+            "data": {"source": "synthetic", "synthetic": {"num_train": 256, "num_eval": 64, "num_probe": 16}},
+            "dpo": {"per_device_train_batch_size": 16, "reports_per_epoch": 4},
+        },
+        "storage": {"path": str(out)},
+        "resources": {"cpu_per_trial": 1},
+    }
+    for k, v in sections.items():
+        raw[k] = {**raw.get(k, {}), **v}
+    return validate_sweep_config(raw)
+
+
+@pytest.fixture(scope="module")
+def asha_sweep(model_cache, tmp_path_factory):
+    """2 x 2: beta x learning_rate, where learning rate 1e-7 cannot learn. One trial at a time, so ASHA's
+    rungs fill in a fixed order: the two learning trials first, then the two that must be stopped."""
+    out = tmp_path_factory.mktemp("asha")
+    cfg = sweep_config(model_cache, out,
+                       search={"space": {"beta": {"grid": [0.1, 0.5]}, "learning_rate": {"grid": [5e-3, 1e-7]}}},
+                       scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2},
+                       resources={"max_concurrent_trials": 1})
+    result = run_sweep(cfg, log=lambda *_: None, progress=False)
+    return cfg, result
+
+
+def test_four_child_runs_nested_under_one_parent_with_params_metrics_status(asha_sweep):
+    _cfg, result = asha_sweep
+    client = make_client(result.tracking_uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([result.experiment_id], f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'")
+    assert len(children) == 4
+    for run in children:
+        assert {"dpo.beta", "dpo.learning_rate", "model.quantization", "lora.r"} <= run.data.params.keys()
+        history = client.get_metric_history(run.info.run_id, "eval_rewards_accuracies")
+        assert len(history) >= 1 and [m.step for m in history] == sorted(m.step for m in history)
+        assert run.data.tags[STATUS_TAG] in (COMPLETED, STOPPED)
+        assert run.info.status == ("FINISHED" if run.data.tags[STATUS_TAG] == COMPLETED else "KILLED")
+    completed = [r for r in children if r.data.tags[STATUS_TAG] == COMPLETED]
+    assert completed
+    for run in completed:
+        assert len(client.get_metric_history(run.info.run_id, "eval_rewards_accuracies")) == 4
+        assert any(a.path == "best_adapter" for a in client.list_artifacts(run.info.run_id))
+    parent_files = {a.path for a in client.list_artifacts(result.parent_run_id, "analysis")}
+    assert {"analysis/results.csv", "analysis/interaction.png", "analysis/heatmap.png",
+            "analysis/learning_curves.png"} <= parent_files
+
+
+def test_results_table_and_best_trial(asha_sweep):
+    _, result = asha_sweep
+    table = result.analysis.table
+    assert len(table) == 4 and set(table["trial"]) == {r.trial_id for r in result.records}
+    done = table[table["status"] == COMPLETED]
+    assert result.analysis.best["eval_rewards_accuracies"] == done["eval_rewards_accuracies"].max()
+    for path in result.analysis.plots.values():
+        assert path.is_file()
+
+
+def test_asha_stops_the_corner_that_cannot_learn(asha_sweep):
+    _, result = asha_sweep
+    client = make_client(result.tracking_uri)
+    runs = {r.data.params["dpo.learning_rate"]: r for r in client.search_runs(
+        [result.experiment_id], f"tags.`{PARENT_TAG}` = '{result.parent_run_id}' and params.`dpo.beta` = '0.5'")}
+    stuck = runs["1e-07"]
+    assert stuck.data.tags[STATUS_TAG] == STOPPED and stuck.info.status == "KILLED"
+    assert len(client.get_metric_history(stuck.info.run_id, "eval_rewards_accuracies")) < 4
+    tiny = [r for r in result.records if r.params["learning_rate"] == 1e-7]
+    assert all(r.status == STOPPED and r.reports < r.expected_reports for r in tiny)
+
+
+def test_reward_hacking_flag_fast_learner_flagged_slow_one_not(model_cache, tmp_path):
+    cfg = sweep_config(model_cache, tmp_path, scheduler={"kind": "fifo"},
+                       search={"space": {"learning_rate": {"grid": [5e-3, 1e-6]}, "beta": 0.1}})
+    result = run_sweep(cfg, log=lambda *_: None, progress=False)
+    by_lr = {r.params["learning_rate"]: r for r in result.records}
+    assert by_lr[5e-3].flagged and not by_lr[1e-6].flagged
+    assert by_lr[1e-6].status == COMPLETED  # it ran all its reports, and never rose > 10% within an epoch
+    client = make_client(result.tracking_uri)
+    tags = {r.data.params["dpo.learning_rate"]: r.data.tags for r in client.search_runs(
+        [result.experiment_id], f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'")}
+    assert tags["0.005"][FLAG_TAG].startswith("flagged at step")
+    assert FLAG_TAG not in tags["1e-06"]
+    assert "flagged" in set(result.analysis.table["reward_hacking"])
+
+
+def test_gpu_request_on_a_cpu_machine_is_refused_not_left_pending(model_cache, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "run", "--set", "resources.gpu_per_trial=1",
+         "--set", f"storage.path={tmp_path}"],
+        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "DPO_SWEEP_CACHE": model_cache})
+    assert out.returncode == 2
+    assert "Tune would leave every trial PENDING forever" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # refused before anything was created
