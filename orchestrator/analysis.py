@@ -5,7 +5,7 @@ sweep without training anything. Plots are PNGs; the table is CSV.
 
 Ranking: a trial's score is its metric at its last report. Only trials that ran to the end are
 ranked for the sweet spot while any did: an ASHA-stopped trial's last value is from an earlier
-point in training and is not comparable.
+point in training and is not comparable. Ties go to the smaller drift from the reference.
 """
 
 from __future__ import annotations
@@ -93,8 +93,13 @@ def pick_best(table: pd.DataFrame, metric: str, mode: str, max_abs_logratio: flo
     pool = finished if len(finished) else ranked
     if not len(pool):
         return None
-    idx = pool[metric].idxmax() if mode == "max" else pool[metric].idxmin()
-    return table.loc[idx].to_dict()
+    # Ties (common: accuracy on a few hundred pairs moves in steps of 1/n) go to the policy closest
+    # to its reference, the safer of equals.
+    keys, ascending = [metric], [mode == "min"]
+    if "eval_abs_logratio" in pool:
+        keys.append("eval_abs_logratio")
+        ascending.append(True)
+    return table.loc[pool.sort_values(keys, ascending=ascending).index[0]].to_dict()
 
 
 def _fmt(v: Any) -> str:

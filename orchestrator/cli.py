@@ -50,6 +50,8 @@ class MetricPrinter:
             if key in metrics:
                 parts.append(f"{label} {metrics[key]:.3f}")
         parts.append(f"{time.monotonic() - self.start:6.1f}s")
+        if metrics.get("reward_hack_flag"):
+            parts.append("REWARD-HACKING FLAG")
         print(" | ".join(parts), file=self.out, flush=True)
 
 

@@ -52,3 +52,9 @@ def test_stopped_trials_rank_only_when_none_completed(tmp_path):
     assert analyze(recs, "eval_rewards_accuracies", "max", tmp_path).best["trial"] == "x"
     recs = [record("x", 0.1, 1e-4, [0.3, 0.2, 0.25, 0.1]), record("y", 0.5, 1e-4, [0.6, 0.5, 0.4, 0.3])]
     assert analyze(recs, "eval_rewards_accuracies", "min", tmp_path).best["trial"] == "x"
+
+
+def test_ties_go_to_the_policy_closest_to_its_reference(tmp_path):
+    recs = [record("far", 0.01, 1e-4, [0.6, 0.7, 0.8, 0.9], drift=0.9),
+            record("near", 0.1, 1e-4, [0.6, 0.7, 0.8, 0.9], drift=0.3)]
+    assert analyze(recs, "eval_rewards_accuracies", "max", tmp_path).best["trial"] == "near"

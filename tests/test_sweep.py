@@ -113,3 +113,15 @@ def test_gpu_request_on_a_cpu_machine_is_refused_not_left_pending(model_cache, t
     assert out.returncode == 2
     assert "Tune would leave every trial PENDING forever" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "mlflow.db").exists()  # refused before anything was created
+
+
+def test_optuna_tpe_search_runs_sampled_trials(model_cache, tmp_path):
+    pytest.importorskip("optuna")
+    cfg = sweep_config(model_cache, tmp_path, scheduler={"kind": "fifo"},
+                       search={"algorithm": "optuna", "num_samples": 3, "seed": 0,
+                               "space": {"learning_rate": {"loguniform": [1e-4, 1e-3]}, "beta": {"grid": [0.1, 0.5]}}})
+    result = run_sweep(cfg, log=lambda *_: None, progress=False)
+    assert len(result.records) == 3
+    for r in result.records:
+        assert 1e-4 <= r.params["learning_rate"] <= 1e-3 and r.params["beta"] in (0.1, 0.5)
+        assert r.status == COMPLETED
