@@ -82,6 +82,9 @@ class AnalysisSettings(StrictModel):
 
 
 class SweepConfig(StrictModel):
+    shared_reference: bool = Field(
+        True, description="Tokenize the data and compute reference log-probs once per sweep, shared by all "
+                          "trials (off: each trial runs TRL's own reference forward pass every step).")
     name: str = Field("dpo-sweep", pattern=r"^[A-Za-z0-9._-]+$", description="Sweep name (letters, digits, ._-).")
     trial: TrialSpec = Field(default_factory=TrialSpec)
     search: SearchSettings = Field(default_factory=SearchSettings)

@@ -19,7 +19,9 @@ import yaml
 from orchestrator.analysis import COMPLETED, FAILED, SweepAnalysis, TrialRecord, analyze
 from orchestrator.config import SweepConfig
 from orchestrator.preflight import Preflight, run_preflight
+from orchestrator.prepare import prepare_shared_reference, unsharable_keys
 from trainables.config import TrialSpec, spec_with_params
+from trainables.reference import SharedReference
 from trainables.tracking import (
     STATUS_TAG,
     ensure_experiment,
@@ -44,6 +46,7 @@ class SweepResult:
     parent_run_id: str
     records: list[TrialRecord]
     analysis: SweepAnalysis
+    reference: SharedReference | None = None
 
 
 def expected_reports(cfg: SweepConfig, params: dict[str, Any]) -> int:
@@ -150,9 +153,21 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
     started = False
     try:
         started = _start_ray(address)
+        reference = None
+        blocking = unsharable_keys(pre.param_space)
+        if cfg.shared_reference and blocking:
+            log(f"[sweep] shared reference off: the space varies {', '.join(blocking)}, which change the "
+                "token ids or reference log-probs; each trial computes its own")
+        elif cfg.shared_reference:
+            reference = prepare_shared_reference(cfg)
+            how = f"computed in {reference.seconds:.1f} s" if reference.computed else "reused from an earlier sweep"
+            log(f"[sweep] tokenized data + reference log-probs {how}: {reference.path}")
+            client.log_param(parent, "shared_reference.key", reference.key)
+            client.set_tag(parent, "dpo_sweep.shared_reference", "computed" if reference.computed else "reused")
         context = SweepContext(base_spec=cfg.trial.model_dump(mode="json"), tracking_uri=pre.tracking_uri,
                                experiment_id=experiment_id, parent_run_id=parent,
-                               cpu_per_trial=cfg.resources.cpu_per_trial)
+                               cpu_per_trial=cfg.resources.cpu_per_trial,
+                               shared_reference=str(reference.path) if reference else None)
         tuner = build_tuner(cfg, pre.param_space, context, run_name, pre.max_reports,
                             callbacks=[ProgressPrinter(cfg.search.metric, pre.num_trials, enabled=progress)])
         grid = tuner.fit()
@@ -175,4 +190,5 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
         if started:
             ray.shutdown()
     return SweepResult(name=run_name, experiment_path=grid.experiment_path, tracking_uri=pre.tracking_uri,
-                       experiment_id=experiment_id, parent_run_id=parent, records=records, analysis=analysis)
+                       experiment_id=experiment_id, parent_run_id=parent, records=records, analysis=analysis,
+                       reference=reference)

@@ -190,33 +190,49 @@ def _make_callback(report: Report, spec: TrialSpec, probes, tokenizer):
     return ReportCallback()
 
 
-def build_trainer(spec: TrialSpec, report: Report, log=print):
-    """(trainer, data, callback): everything set up, nothing trained. Tests inspect the trainer directly."""
+def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_reference: str | None = None):
+    """(trainer, data, callback): everything set up, nothing trained. Tests inspect the trainer directly.
+
+    `data`: already loaded and validated rows (else loaded from spec.data). `shared_reference`: a
+    directory of `trainables.reference` - token ids and reference log-probs computed once for the
+    sweep; the trial then neither tokenizes nor runs a reference forward pass.
+    """
     import datasets
     import transformers
     from transformers.trainer_callback import PrinterCallback
 
-    from trainables.data import load_preference_data
-    from trainables.dpo_trainer import ResumableDPOTrainer
+    from trainables.data import PreferenceData, load_preference_data
     from trainables.model import load_base_model, lora_config, trial_device
+    from trainables.reference import load_shared_datasets
+    from trainables.sweep_trainer import SweepDPOTrainer
 
     # The caller's report callable is the trial's output; library progress bars would bury it.
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     device = trial_device()
     model, tokenizer = load_base_model(spec.model, spec.cache_dir, device=device, log=log)
-    data = load_preference_data(spec.data, tokenizer, spec.dpo.max_length, spec.dpo.truncation_mode)
+    if shared_reference:
+        train_ds, eval_ds, meta = load_shared_datasets(shared_reference)
+        data = PreferenceData(train=[], eval=[], probes=[tuple(p) for p in meta["probes"]],
+                              conversational=meta["conversational"],
+                              description=f"{meta['description']} (shared reference {meta['key']})")
+        spec = spec.model_copy(deep=True)
+        spec.dpo.precompute_ref_log_probs = True  # read from the dataset columns, never recomputed
+    else:
+        data = data or load_preference_data(spec.data, tokenizer, spec.dpo.max_length, spec.dpo.truncation_mode)
+        train_ds, eval_ds = datasets.Dataset.from_list(data.train), datasets.Dataset.from_list(data.eval)
     if data.dropped:
         log(f"[trial] drop_invalid: dropped {sum(data.dropped.values())} row(s): "
             + ", ".join(f"{k} {v}" for k, v in data.dropped.items()))
-    log(f"[trial] data: {data.description}; {len(data.train)} train / {len(data.eval)} eval pairs; device {device}")
+    log(f"[trial] data: {data.description}; {train_ds.num_rows} train / {eval_ds.num_rows} eval pairs; "
+        f"device {device}")
 
     callback = _make_callback(report, spec, data.probes, tokenizer)
-    trainer = ResumableDPOTrainer(
+    trainer = SweepDPOTrainer(
         model=model,
         args=build_dpo_config(spec, use_cpu=device.type == "cpu"),
-        train_dataset=datasets.Dataset.from_list(data.train),
-        eval_dataset=datasets.Dataset.from_list(data.eval),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=lora_config(spec.lora),
         callbacks=[callback],
@@ -225,7 +241,8 @@ def build_trainer(spec: TrialSpec, report: Report, log=print):
     return trainer, data, callback
 
 
-def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, log=print) -> TrialResult:
+def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, log=print,
+              shared_reference: str | None = None) -> TrialResult:
     """Train one trial; `resume_from` is a checkpoint directory written by an earlier report.
 
     Resumed, it continues from that checkpoint's step (adapter, optimizer, scheduler, RNG and data
@@ -234,7 +251,7 @@ def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, l
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "trial_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
-    trainer, data, callback = build_trainer(spec, report, log=log)
+    trainer, data, callback = build_trainer(spec, report, log=log, shared_reference=shared_reference)
     if resume_from:
         callback.restore(resume_from)
     trainer.train(resume_from_checkpoint=resume_from)

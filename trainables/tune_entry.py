@@ -33,6 +33,7 @@ class SweepContext:
     experiment_id: str
     parent_run_id: str
     cpu_per_trial: float
+    shared_reference: str | None = None  # trainables.reference directory, when the sweep shares one
 
 
 def trial_spec_for(context: SweepContext, params: dict[str, Any], output_dir: str) -> TrialSpec:
@@ -74,7 +75,7 @@ def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        run_trial(spec, report, log=lambda *_: None)
+        run_trial(spec, report, log=lambda *_: None, shared_reference=context.shared_reference)
     else:
         with checkpoint.as_directory() as d:
-            run_trial(spec, report, resume_from=d, log=lambda *_: None)
+            run_trial(spec, report, resume_from=d, log=lambda *_: None, shared_reference=context.shared_reference)

@@ -1,0 +1,40 @@
+"""Work done once per sweep before any trial: the shared tokenized data and reference log-probs.
+
+It runs as one Ray task with a trial's resources, so on a GPU cluster it lands on a GPU node like
+the trials do, and its result is stored content-addressed under the sweep's storage path
+(`trainables.reference`): a later sweep with the same key reuses it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.config import SweepConfig
+from trainables.config import resolve_param_key
+from trainables.reference import SharedReference, build_shared_reference
+
+# Trial fields whose change changes token ids or reference log-probs: sweeping one of them means
+# trials cannot share one precomputed reference.
+KEY_FIELDS = ("model.", "data.", "dpo.max_length", "dpo.truncation_mode", "cache_dir")
+
+
+def reference_cache_root(cfg: SweepConfig) -> Path:
+    base = Path(cfg.storage.path) if "://" not in cfg.storage.path else Path.cwd() / "dpo-sweep-output"
+    return base / "reference-cache"
+
+
+def unsharable_keys(space: dict) -> list[str]:
+    return [k for k in space if (resolve_param_key(k) or k).startswith(KEY_FIELDS)]
+
+
+def _quiet(*_):
+    pass
+
+
+def prepare_shared_reference(cfg: SweepConfig) -> SharedReference:
+    import ray
+
+    gpus = cfg.resources.gpu_per_trial if isinstance(cfg.resources.gpu_per_trial, (int, float)) else 1
+    task = ray.remote(num_cpus=cfg.resources.cpu_per_trial, num_gpus=gpus or 0, max_retries=0)(
+        build_shared_reference)
+    return ray.get(task.remote(cfg.trial, str(reference_cache_root(cfg)), log=_quiet))

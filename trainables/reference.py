@@ -1,0 +1,156 @@
+"""Tokenized data and reference log-probs, computed once per sweep and shared by every trial.
+
+None of the swept DPO knobs (beta, learning rate, epochs, accumulation, label smoothing, loss type,
+LoRA settings) changes the reference model's log-probs or the token ids: the reference is the base
+model with the adapter disabled. So a sweep computes them once, stores them content-addressed
+under its storage path, and every trial trains with `precompute_ref_log_probs` on that data: no
+trial tokenizes, none runs a reference forward pass.
+
+The key hashes exactly what changes them: the base model (id or directory fingerprint, revision),
+quantization (kind, double quant, compute dtype), the tokenizer (vocabulary, chat template,
+special tokens), the validated train/eval rows, max_length and truncation mode, and the versions
+of the libraries that tokenize and quantize (trl, transformers, bitsandbytes, torch).
+
+    <storage>/reference-cache/<key>/{train,eval}/   datasets (save_to_disk) with ids + ref log-probs
+    <storage>/reference-cache/<key>/meta.json        the key's parts, probes, sizes, seconds taken
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainables.config import TrialSpec
+
+META = "meta.json"
+FORMAT_VERSION = 1
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def model_fingerprint(path_or_id: str) -> dict[str, Any]:
+    """A local directory: its config and its weight files' names, sizes and mtimes (not their bytes:
+    reading 16 GB to hash an 8 B model would cost more than the precompute). A hub id: the id."""
+    p = Path(path_or_id)
+    if not p.is_dir():
+        return {"id": path_or_id}
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir()
+                   if f.suffix in (".safetensors", ".bin") and f.is_file())
+    config = (p / "config.json").read_text() if (p / "config.json").is_file() else ""
+    return {"dir_config": _sha(config), "weights": files}
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return _sha({"vocab": vocab, "chat_template": getattr(tokenizer, "chat_template", None),
+                 "special": tokenizer.special_tokens_map, "class": type(tokenizer).__name__})
+
+
+def data_fingerprint(train: list[dict], eval_rows: list[dict]) -> str:
+    return _sha({"train": train, "eval": eval_rows})
+
+
+def reference_key_parts(spec: TrialSpec, model_path: str, tokenizer, train: list[dict],
+                        eval_rows: list[dict]) -> dict[str, Any]:
+    import bitsandbytes
+    import torch
+    import transformers
+    import trl
+
+    m = spec.model
+    return {
+        "format": FORMAT_VERSION,
+        "model": {"name": m.name_or_path, "revision": m.revision, **model_fingerprint(model_path)},
+        "quantization": {"kind": m.quantization, "double_quant": m.double_quant, "compute_dtype": m.compute_dtype},
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "data": data_fingerprint(train, eval_rows),
+        "max_length": spec.dpo.max_length,
+        "truncation_mode": spec.dpo.truncation_mode,
+        "libraries": {"trl": trl.__version__, "transformers": transformers.__version__,
+                      "bitsandbytes": bitsandbytes.__version__, "torch": torch.__version__.split("+")[0]},
+    }
+
+
+def reference_key(parts: dict[str, Any]) -> str:
+    return _sha(parts)[:24]
+
+
+@dataclass
+class SharedReference:
+    key: str
+    path: Path
+    computed: bool  # False: an earlier sweep's copy was reused
+    seconds: float
+    train_rows: int
+    eval_rows: int
+
+
+def read_shared(path: str | Path) -> dict[str, Any] | None:
+    meta = Path(path) / META
+    return json.loads(meta.read_text()) if meta.is_file() else None
+
+
+def build_shared_reference(spec: TrialSpec, cache_root: str | Path, log=print) -> SharedReference:
+    """Find the shared data for `spec` under `cache_root`, or compute and store it (atomically)."""
+    import datasets
+
+    from trainables.data import load_preference_data
+    from trainables.model import load_tokenizer, resolve_model_path
+    from trainables.trial import build_trainer
+
+    model_path = resolve_model_path(spec.model, spec.cache_dir, log=log)
+    tokenizer = load_tokenizer(model_path, spec.model)
+    data = load_preference_data(spec.data, tokenizer, spec.dpo.max_length, spec.dpo.truncation_mode)
+    parts = reference_key_parts(spec, model_path, tokenizer, data.train, data.eval)
+    key = reference_key(parts)
+    target = Path(cache_root) / key
+    meta = read_shared(target)
+    if meta is not None:
+        return SharedReference(key, target, False, 0.0, meta["train_rows"], meta["eval_rows"])
+
+    start = time.perf_counter()
+    Path(cache_root).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root))
+    try:
+        ref_spec = spec.model_copy(deep=True)
+        ref_spec.dpo.precompute_ref_log_probs = True
+        ref_spec.output_dir = str(tmp / "unused-output")
+        trainer, _, _ = build_trainer(ref_spec, lambda m, c: None, log=log, data=data)
+        columns = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
+        for split, ds in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
+            datasets.Dataset.from_dict({c: ds[c] for c in columns}).save_to_disk(str(tmp / split))
+        seconds = time.perf_counter() - start
+        meta = {"key": key, "parts": parts, "probes": data.probes, "description": data.description,
+                "conversational": data.conversational, "train_rows": trainer.train_dataset.num_rows,
+                "eval_rows": trainer.eval_dataset.num_rows, "seconds": round(seconds, 3)}
+        shutil.rmtree(tmp / "unused-output", ignore_errors=True)
+        (tmp / META).write_text(json.dumps(meta, indent=2))
+        try:
+            tmp.rename(target)
+        except OSError:
+            if read_shared(target) is None:  # not another writer's finished copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return SharedReference(key, target, True, seconds, meta["train_rows"], meta["eval_rows"])
+
+
+def load_shared_datasets(path: str | Path):
+    """(train, eval, meta) of a shared reference directory."""
+    import datasets
+
+    p = Path(path)
+    meta = read_shared(p)
+    if meta is None:
+        raise FileNotFoundError(f"{p} is not a shared reference directory (no {META}); re-run the sweep to "
+                                "compute it")
+    return datasets.load_from_disk(str(p / "train")), datasets.load_from_disk(str(p / "eval")), meta
