@@ -112,6 +112,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         _start_ray(_address(args))
         cluster = ray.cluster_resources()
     pre = run_preflight(cfg, cluster, log=_log)
+    for note in pre.notes:
+        print(note)
     trials = pre.num_trials or cfg.search.num_samples
     print(f"OK: {trials} trial(s) over {', '.join(pre.param_space) or 'no swept keys'}; {pre.train_rows} training "
           f"rows; up to {pre.max_reports} reports per trial; tracking {pre.tracking_uri}")

@@ -53,8 +53,22 @@ class SchedulerSettings(StrictModel):
 
 
 class ResourceSettings(StrictModel):
+    @field_validator("gpu_per_trial")
+    @classmethod
+    def _non_negative(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError("must be >= 0 or 'auto'")
+        return v
+
     cpu_per_trial: float = Field(1, gt=0, description="CPUs reserved per trial (and its torch threads).")
-    gpu_per_trial: float = Field(0, ge=0, description="GPUs per trial; fractions pack several trials per GPU.")
+    gpu_per_trial: float | Literal["auto"] = Field(
+        0, description="GPUs per trial; a fraction packs several trials per GPU; 'auto' packs as many as fit "
+                       "by the memory estimate (trainables/memory.py).")
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="Memory of one GPU, for packing checks when joining a cluster (read from the local "
+                                "GPU otherwise).")
+    gpu_headroom: float = Field(0.15, ge=0, lt=1, description="Fraction of each GPU kept free when packing.")
+    max_trials_per_gpu: int = Field(16, ge=1, description="Cap of 'auto' packing.")
     max_concurrent_trials: int | None = Field(None, ge=1, description="Cap on trials running at once.")
     max_failures: int = Field(1, ge=0, description="Retries of a crashed trial, from its last checkpoint.")
 

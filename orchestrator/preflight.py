@@ -29,6 +29,8 @@ from trainables.config import (
 from trainables.tracking import default_tracking_uri, is_local_uri
 from trainables.trial import reported_metrics
 
+GIB = 1024**3
+
 
 class PreflightError(ConfigError):
     pass
@@ -41,6 +43,7 @@ class Preflight:
     param_space: dict[str, Any]
     num_trials: int | None  # None: sampled until num_samples
     tracking_uri: str
+    gpu_per_trial: float = 0.0  # resolved ('auto' -> 1/k)
     train_rows: int = 0
     max_reports: int = 0
     notes: list[str] = field(default_factory=list)
@@ -140,9 +143,10 @@ def check_resources(cfg: SweepConfig, cluster: dict[str, float] | None) -> list[
     import os
 
     r = cfg.resources
+    gpu = 1.0 if r.gpu_per_trial == "auto" else r.gpu_per_trial  # 'auto' asks for at most one GPU
     problems = []
-    if r.gpu_per_trial > 1 and r.gpu_per_trial != int(r.gpu_per_trial):
-        problems.append(f"resources.gpu_per_trial: fractions above 1 are not schedulable, got {r.gpu_per_trial}; "
+    if gpu > 1 and gpu != int(gpu):
+        problems.append(f"resources.gpu_per_trial: fractions above 1 are not schedulable, got {gpu}; "
                         "use a whole number or a fraction below 1")
     if cluster is None:
         import torch
@@ -150,15 +154,63 @@ def check_resources(cfg: SweepConfig, cluster: dict[str, float] | None) -> list[
         gpus, cpus, where = torch.cuda.device_count(), os.cpu_count() or 1, "this machine"
     else:
         gpus, cpus, where = cluster.get("GPU", 0), cluster.get("CPU", 0), "the Ray cluster"
-    if r.gpu_per_trial > 0 and gpus == 0:
+    if gpu > 0 and gpus == 0:
         problems.append(f"resources.gpu_per_trial: {r.gpu_per_trial} GPU per trial, but {where} has no GPU; Tune "
                         "would leave every trial PENDING forever. Set resources.gpu_per_trial: 0, or join a cluster "
                         "with GPUs (--address)")
-    elif r.gpu_per_trial > gpus:
+    elif gpu > gpus:
         problems.append(f"resources.gpu_per_trial: {r.gpu_per_trial} GPU per trial, but {where} has {gpus:g}")
     if r.cpu_per_trial > cpus:
         problems.append(f"resources.cpu_per_trial: {r.cpu_per_trial:g} CPUs per trial, but {where} has {cpus:g}")
     return problems
+
+
+def gpu_memory_bytes(cfg: SweepConfig, cluster: dict[str, float] | None) -> int | None:
+    if cfg.resources.gpu_memory_gib:
+        return int(cfg.resources.gpu_memory_gib * GIB)
+    if cluster is None:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_properties(0).total_memory
+    return None
+
+
+def plan_gpu_packing(cfg: SweepConfig, space: dict[str, Any], gpu_bytes: int | None,
+                     ) -> tuple[float, list[str], list[str]]:
+    """(gpu_per_trial to request, problems, notes). `auto` packs as many trials per GPU as the memory
+    estimate allows; an explicit fraction is checked against the same estimate."""
+    from trainables.memory import estimate_trial_memory, trials_per_gpu
+
+    r = cfg.resources
+    if r.gpu_per_trial != "auto" and (r.gpu_per_trial == 0 or r.gpu_per_trial >= 1):
+        return float(r.gpu_per_trial), [], []
+    if gpu_bytes is None:
+        if r.gpu_per_trial == "auto":
+            return 1.0, [("resources.gpu_per_trial: 'auto' needs the GPU's memory; set resources.gpu_memory_gib "
+                         "(e.g. 80 for an H100) when joining a cluster")], []
+        return float(r.gpu_per_trial), [], [f"GPU memory unknown: packing {r.gpu_per_trial} GPU per trial unchecked"]
+    spec = cfg.trial.model_copy(deep=True)
+    spec.dpo.per_device_train_batch_size = _max_value(space, "per_device_train_batch_size",
+                                                       spec.dpo.per_device_train_batch_size)
+    spec.dpo.max_length = _max_value(space, "max_length", spec.dpo.max_length)
+    est = estimate_trial_memory(spec)
+    usable = gpu_bytes * (1 - r.gpu_headroom)
+    fits = trials_per_gpu(est, gpu_bytes, r.gpu_headroom)
+    where = f"a GPU has {gpu_bytes / GIB:.1f} GiB ({r.gpu_headroom:.0%} kept free)"
+    if fits == 0:
+        return 1.0, [(f"resources.gpu_per_trial: one trial needs about {est.describe()} but {where}; lower "
+                     "per_device_train_batch_size or max_length, or use a larger GPU")], []
+    if r.gpu_per_trial == "auto":
+        k = min(fits, r.max_trials_per_gpu)
+        return 1.0 / k, [], [f"GPU packing: {k} trial(s) per GPU; one trial needs about {est.describe()}; {where}"]
+    k = round(1 / r.gpu_per_trial)
+    if k * est.total > usable:
+        return float(r.gpu_per_trial), [
+            (f"resources.gpu_per_trial: {r.gpu_per_trial} packs {k} trials per GPU, which need about "
+            f"{k * est.total / GIB:.1f} GiB ({k} x {est.describe()}) but {where}; use gpu_per_trial "
+            f"{1 / fits:.3g} or 'auto'")], []
+    return float(r.gpu_per_trial), [], [f"GPU packing: {k} trials per GPU, about {k * est.total / GIB:.1f} GiB"]
 
 
 def check_metrics(cfg: SweepConfig, synthetic: bool) -> list[str]:
@@ -221,6 +273,10 @@ def run_preflight(cfg: SweepConfig, cluster: dict[str, float] | None = None, log
     # The report schedule is checked against the space's values only once those are valid.
     data_problems, rows, max_reports = check_data_and_model(cfg, space if space_ok else {}, log)
     problems += data_problems
+    gpu_per_trial, packing_problems, notes = 0.0, [], []
+    if not problems:  # the estimate loads the model's config: only once the model path is known good
+        gpu_per_trial, packing_problems, notes = plan_gpu_packing(cfg, space, gpu_memory_bytes(cfg, cluster))
+    problems += packing_problems
     if cfg.search.algorithm == "optuna":
         try:
             import optuna  # noqa: F401
@@ -229,4 +285,5 @@ def run_preflight(cfg: SweepConfig, cluster: dict[str, float] | None = None, log
     if problems:
         raise PreflightError(problems)
     n = grid_size(space) * cfg.search.num_samples if cfg.search.algorithm == "grid" else cfg.search.num_samples
-    return Preflight(param_space=space, num_trials=n, tracking_uri=uri, train_rows=rows, max_reports=max_reports)
+    return Preflight(param_space=space, num_trials=n, tracking_uri=uri, train_rows=rows, max_reports=max_reports,
+                     gpu_per_trial=gpu_per_trial, notes=notes)

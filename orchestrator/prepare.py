@@ -31,10 +31,9 @@ def _quiet(*_):
     pass
 
 
-def prepare_shared_reference(cfg: SweepConfig) -> SharedReference:
+def prepare_shared_reference(cfg: SweepConfig, gpu_per_trial: float) -> SharedReference:
     import ray
 
-    gpus = cfg.resources.gpu_per_trial if isinstance(cfg.resources.gpu_per_trial, (int, float)) else 1
-    task = ray.remote(num_cpus=cfg.resources.cpu_per_trial, num_gpus=gpus or 0, max_retries=0)(
+    task = ray.remote(num_cpus=cfg.resources.cpu_per_trial, num_gpus=gpu_per_trial, max_retries=0)(
         build_shared_reference)
     return ray.get(task.remote(cfg.trial, str(reference_cache_root(cfg)), log=_quiet))

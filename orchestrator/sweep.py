@@ -137,6 +137,8 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
         _start_ray(address)
         cluster = ray.cluster_resources()
     pre = preflight or run_preflight(cfg, cluster, log=log)
+    for note in pre.notes:
+        log(f"[sweep] {note}")
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     client = make_client(pre.tracking_uri)
     local_storage = "://" not in cfg.storage.path
@@ -159,7 +161,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
             log(f"[sweep] shared reference off: the space varies {', '.join(blocking)}, which change the "
                 "token ids or reference log-probs; each trial computes its own")
         elif cfg.shared_reference:
-            reference = prepare_shared_reference(cfg)
+            reference = prepare_shared_reference(cfg, pre.gpu_per_trial)
             how = f"computed in {reference.seconds:.1f} s" if reference.computed else "reused from an earlier sweep"
             log(f"[sweep] tokenized data + reference log-probs {how}: {reference.path}")
             client.log_param(parent, "shared_reference.key", reference.key)
@@ -169,7 +171,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
                                cpu_per_trial=cfg.resources.cpu_per_trial,
                                shared_reference=str(reference.path) if reference else None)
         tuner = build_tuner(cfg, pre.param_space, context, run_name, pre.max_reports,
-                            callbacks=[ProgressPrinter(cfg.search.metric, pre.num_trials, enabled=progress)])
+                            gpu_per_trial=pre.gpu_per_trial, callbacks=[ProgressPrinter(cfg.search.metric, pre.num_trials, enabled=progress)])
         grid = tuner.fit()
         records = records_from_results(grid, cfg)
         finalize_trial_runs(client, experiment_id, parent, records)

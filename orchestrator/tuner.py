@@ -31,13 +31,14 @@ def trial_name(trial) -> str:
 
 
 def build_tuner(cfg: SweepConfig, space: dict[str, Any], context: SweepContext, run_name: str, max_reports: int,
-                callbacks: list | None = None):
+                gpu_per_trial: float = 0.0, callbacks: list | None = None):
+    """`gpu_per_trial`: as preflight resolved it ('auto' -> 1/k)."""
     from ray import tune
 
     search_alg, space = build_search_alg(cfg, space)
     resources = {"cpu": cfg.resources.cpu_per_trial}
-    if cfg.resources.gpu_per_trial:
-        resources["gpu"] = cfg.resources.gpu_per_trial
+    if gpu_per_trial:
+        resources["gpu"] = gpu_per_trial
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=context), resources)
     return tune.Tuner(
         trainable,

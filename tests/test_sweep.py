@@ -125,3 +125,25 @@ def test_optuna_tpe_search_runs_sampled_trials(model_cache, tmp_path):
     for r in result.records:
         assert 1e-4 <= r.params["learning_rate"] <= 1e-3 and r.params["beta"] in (0.1, 0.5)
         assert r.status == COMPLETED
+
+
+def test_a_second_sweep_with_the_same_key_reuses_the_shared_reference(model_cache, tmp_path):
+    logs: list[str] = []
+    first = run_sweep(sweep_config(model_cache, tmp_path, scheduler={"kind": "fifo"},
+                                   search={"space": {"beta": {"grid": [0.1]}}}), log=logs.append, progress=False)
+    second = run_sweep(sweep_config(model_cache, tmp_path, scheduler={"kind": "fifo"},
+                                    search={"space": {"beta": {"grid": [0.3]}, "learning_rate": 1e-3}}),
+                       log=logs.append, progress=False)
+    assert first.reference.computed and not second.reference.computed
+    assert first.reference.key == second.reference.key and first.reference.path == second.reference.path
+    assert any("reused from an earlier sweep" in line for line in logs)
+    client = make_client(second.tracking_uri)
+    assert client.get_run(first.parent_run_id).data.tags["dpo_sweep.shared_reference"] == "computed"
+    assert client.get_run(second.parent_run_id).data.tags["dpo_sweep.shared_reference"] == "reused"
+    assert all(r.status == COMPLETED for r in first.records + second.records)
+
+    # A space that varies what the key depends on cannot share one reference: each trial computes its own.
+    third = run_sweep(sweep_config(model_cache, tmp_path, scheduler={"kind": "fifo"},
+                                   search={"space": {"max_length": {"grid": [48]}}}), log=logs.append, progress=False)
+    assert third.reference is None and any("shared reference off" in line for line in logs)
+    assert third.records[0].status == COMPLETED
