@@ -62,7 +62,7 @@ class ResourceSettings(StrictModel):
 
     cpu_per_trial: float = Field(1, gt=0, description="CPUs reserved per trial (and its torch threads).")
     gpu_per_trial: float | Literal["auto"] = Field(
-        0, description="GPUs per trial; a fraction packs several trials per GPU; 'auto' packs as many as fit "
+        0.0, description="GPUs per trial; a fraction packs several trials per GPU; 'auto' packs as many as fit "
                        "by the memory estimate (trainables/memory.py).")
     gpu_memory_gib: float | None = Field(
         None, gt=0, description="Memory of one GPU, for packing checks when joining a cluster (read from the local "
