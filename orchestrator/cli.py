@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a sweep (the built-in offline demo sweep when no config is given)",
                          description="Run a hyperparameter sweep with Ray Tune and ASHA, tracked in MLflow. With no "
                                      "config: the demo, a 3 x 3 beta x learning_rate grid on tiny-llama (4-bit) and "
-                                     "the bundled synthetic task, offline, in a few minutes on a laptop CPU. Ends "
+                                     "the bundled synthetic task, offline, in about a minute on a laptop CPU. Ends "
                                      "with the results table, the sweet spot, the plots and the `mlflow ui` command.")
     common(run)
     sweep_flags(run)
@@ -208,9 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     # Library deprecation chatter (TRL's own DPOConfig trips transformers' renames) is not the user's to fix.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    # Tune warns on every checkpoint burst of short trials ("snapshotting ... may become a bottleneck");
-    # with trials that report every few seconds that is the normal case, not a problem to act on.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
         return args.func(args)
     except ConfigError as e:

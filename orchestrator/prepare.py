@@ -1,7 +1,8 @@
 """Work done once per sweep before any trial: the shared tokenized data and reference log-probs.
 
-It runs as one Ray task with a trial's resources, so on a GPU cluster it lands on a GPU node like
-the trials do, and its result is stored content-addressed under the sweep's storage path
+On GPUs it runs as one Ray task with a trial's resources, so on a cluster it lands on a GPU node
+like the trials do; a local CPU-only sweep computes it in the driver, which has the libraries
+imported already (a fresh Ray worker would spend seconds importing them first). Its result is stored content-addressed under the sweep's storage path
 (`trainables.reference`): a later sweep with the same key reuses it.
 """
 
@@ -31,9 +32,11 @@ def _quiet(*_):
     pass
 
 
-def prepare_shared_reference(cfg: SweepConfig, gpu_per_trial: float) -> SharedReference:
+def prepare_shared_reference(cfg: SweepConfig, gpu_per_trial: float, local: bool) -> SharedReference:
     import ray
 
+    if local and not gpu_per_trial:
+        return build_shared_reference(cfg.trial, str(reference_cache_root(cfg)), log=_quiet)
     task = ray.remote(num_cpus=cfg.resources.cpu_per_trial, num_gpus=gpu_per_trial, max_retries=0)(
         build_shared_reference)
     return ray.get(task.remote(cfg.trial, str(reference_cache_root(cfg)), log=_quiet))

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -107,6 +108,15 @@ def log_analysis(client, run_id: str, analysis: SweepAnalysis) -> None:
         client.set_tag(run_id, "dpo_sweep.sweet_spot", analysis.summary.splitlines()[1][:5000])
 
 
+def _quiet_tune_output() -> None:
+    """dpo-sweep prints its own progress lines; Tune's would interleave with them. Set before fit()."""
+    # Tune's new output engine prints a configuration box and a TensorBoard hint even at verbose=0.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune warns on every checkpoint burst of short trials ("snapshotting ... may become a bottleneck");
+    # with trials that report every few seconds that is the normal case, not a problem to act on.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
 def _start_ray(address: str | None) -> bool:
     """Join `address` or start a local Ray; True when this process started (and must stop) it."""
     import logging
@@ -161,7 +171,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
             log(f"[sweep] shared reference off: the space varies {', '.join(blocking)}, which change the "
                 "token ids or reference log-probs; each trial computes its own")
         elif cfg.shared_reference:
-            reference = prepare_shared_reference(cfg, pre.gpu_per_trial)
+            reference = prepare_shared_reference(cfg, pre.gpu_per_trial, local=not address)
             how = f"computed in {reference.seconds:.1f} s" if reference.computed else "reused from an earlier sweep"
             log(f"[sweep] tokenized data + reference log-probs {how}: {reference.path}")
             client.log_param(parent, "shared_reference.key", reference.key)
@@ -172,6 +182,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
                                shared_reference=str(reference.path) if reference else None)
         tuner = build_tuner(cfg, pre.param_space, context, run_name, pre.max_reports,
                             gpu_per_trial=pre.gpu_per_trial, callbacks=[ProgressPrinter(cfg.search.metric, pre.num_trials, enabled=progress)])
+        _quiet_tune_output()
         grid = tuner.fit()
         records = records_from_results(grid, cfg)
         finalize_trial_runs(client, experiment_id, parent, records)

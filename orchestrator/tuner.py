@@ -50,6 +50,9 @@ def build_tuner(cfg: SweepConfig, space: dict[str, Any], context: SweepContext, 
             scheduler=build_scheduler(cfg.scheduler, max_reports),
             num_samples=cfg.search.num_samples,
             max_concurrent_trials=cfg.resources.max_concurrent_trials,
+            # A fresh actor per trial re-imports torch, transformers and TRL (seconds each time); every
+            # trial loads its own model and seeds itself, so nothing carries over between trials.
+            reuse_actors=True,
             trial_name_creator=trial_name,
             trial_dirname_creator=lambda t: t.trial_id,
         ),

@@ -89,6 +89,8 @@ def build_dpo_config(spec: TrialSpec, use_cpu: bool):
         seed=d.seed,
         data_seed=d.seed,
         precompute_ref_log_probs=d.precompute_ref_log_probs,
+        # Forward only, no gradients: the eval batch size fits, and fewer, larger batches are faster.
+        precompute_ref_batch_size=d.per_device_eval_batch_size,
         gradient_checkpointing=d.gradient_checkpointing,
         bf16=spec.model.compute_dtype == "bfloat16",
         fp16=spec.model.compute_dtype == "float16",
