@@ -11,12 +11,16 @@
 Environment read here and passed down (nowhere else reads it):
     DPO_SWEEP_CACHE       where the built-in tiny-llama is cached (default ~/.cache/dpo-sweep)
     MLFLOW_TRACKING_URI   tracking server when neither --tracking-uri nor tracking.uri is given
+    MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN   server credentials, handed to trials through Ray's
+                          runtime env; never written to a config, parameter, tag or artifact
     RAY_ADDRESS           a running Ray cluster to join when --address is not given
+    RAY_JOB_CONFIG_JSON_ENV_VAR   set by Ray in a job's driver: variables its runtime env already carries
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from trainables.config import ConfigError, load_trial_spec
 from trainables.data import DataError
+from trainables.tracking import CREDENTIAL_VARS, redact_uri
 
 DEMO_TRIAL = "demo-trial.yaml"
 DEMO_SWEEP = "demo.yaml"
@@ -95,6 +100,14 @@ def _sweep_config(args: argparse.Namespace):
     return cfg
 
 
+def _credentials_for_workers() -> dict[str, str]:
+    """MLflow credentials of this environment, for Ray to hand to every trial. Inside a Ray job the
+    job's runtime env already reaches every worker, and Ray refuses the same variable twice."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    from_job = ((job.get("runtime_env") or {}).get("env_vars") or {}).keys()
+    return {k: os.environ[k] for k in CREDENTIAL_VARS if k in os.environ and k not in from_job}
+
+
 def _address(args: argparse.Namespace) -> str | None:
     return args.address or os.environ.get("RAY_ADDRESS") or None
 
@@ -103,15 +116,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from orchestrator.preflight import run_preflight
 
     cfg = _sweep_config(args)
-    cluster = None
+    cluster, nodes = None, 1
     if _address(args):
-        import ray
-
-        from orchestrator.sweep import _start_ray
+        from orchestrator.sweep import _start_ray, cluster_view
 
         _start_ray(_address(args))
-        cluster = ray.cluster_resources()
-    pre = run_preflight(cfg, cluster, log=_log)
+        cluster, nodes = cluster_view()
+    pre = run_preflight(cfg, cluster, log=_log, nodes=nodes)
     for note in pre.notes:
         print(note)
     trials = pre.num_trials or cfg.search.num_samples
@@ -135,9 +146,8 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.sweep import run_sweep
-
     cfg = _sweep_config(args)
-    result = run_sweep(cfg, address=_address(args), log=_log)
+    result = run_sweep(cfg, address=_address(args), log=_log, worker_env=_credentials_for_workers())
     a = result.analysis
     shown = [c for c in a.table.columns if c not in ("trial",)]
     print("\nResults (" + a.metric + " at each trial's last report):")
@@ -146,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nPlots and table: {a.table_path.parent}")
     for name, path in a.plots.items():
         print(f"  {name:16s} {path}")
-    uri = result.tracking_uri
+    uri = redact_uri(result.tracking_uri)
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
     print(f"\nMLflow: experiment {cfg.experiment!r}, parent run {result.parent_run_id}\n  {ui}")
     return 0

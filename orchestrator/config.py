@@ -69,6 +69,12 @@ class ResourceSettings(StrictModel):
                                 "GPU otherwise).")
     gpu_headroom: float = Field(0.15, ge=0, lt=1, description="Fraction of each GPU kept free when packing.")
     max_trials_per_gpu: int = Field(16, ge=1, description="Cap of 'auto' packing.")
+    custom: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per trial, to pin trials to a node group: "
+                                          "{gpu_worker: 1} with workers started with --resources "
+                                          "'{\"gpu_worker\": 1000}'.")
+    cluster_autoscales: bool = Field(
+        False, description="The cluster adds nodes on demand: capacity is not checked against the nodes up now.")
     max_concurrent_trials: int | None = Field(None, ge=1, description="Cap on trials running at once.")
     max_failures: int = Field(1, ge=0, description="Retries of a crashed trial, from its last checkpoint.")
 

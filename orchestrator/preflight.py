@@ -113,6 +113,17 @@ def check_combinations(base: dict[str, Any], space: dict[str, Any], show: int = 
     return bad
 
 
+def check_tracking_for_cluster(uri: str, nodes: int, autoscales: bool) -> list[str]:
+    """Trials on other nodes cannot write the driver's sqlite file (or local artifact paths)."""
+    if (nodes > 1 or autoscales) and is_local_uri(uri):
+        where = f"{nodes} nodes" if nodes > 1 else "nodes that start on demand"
+        return [(f"tracking.uri: {uri} is local to this node, but the Ray cluster has {where} and trials on the "
+                "others cannot reach it; run an MLflow server (mlflow server --host <internal address> --port "
+                "5000 --backend-store-uri ... --artifacts-destination ...) and set tracking.uri, "
+                "--tracking-uri or MLFLOW_TRACKING_URI to its http:// address")]
+    return []
+
+
 def check_tracking(uri: str) -> list[str]:
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
@@ -143,6 +154,8 @@ def check_resources(cfg: SweepConfig, cluster: dict[str, float] | None) -> list[
     import os
 
     r = cfg.resources
+    if cluster is not None and r.cluster_autoscales:
+        return []  # nodes come up on demand: what is up now says nothing about what the sweep will get
     gpu = 1.0 if r.gpu_per_trial == "auto" else r.gpu_per_trial  # 'auto' asks for at most one GPU
     problems = []
     if gpu > 1 and gpu != int(gpu):
@@ -160,6 +173,12 @@ def check_resources(cfg: SweepConfig, cluster: dict[str, float] | None) -> list[
                         "with GPUs (--address)")
     elif gpu > gpus:
         problems.append(f"resources.gpu_per_trial: {r.gpu_per_trial} GPU per trial, but {where} has {gpus:g}")
+    for name, amount in r.custom.items():
+        have = (cluster or {}).get(name, 0)
+        if amount > have:
+            problems.append(f"resources.custom.{name}: {amount:g} per trial, but {where} has {have:g} of it; start "
+                            f"the nodes meant for trials with --resources '{{\"{name}\": 1000}}', or set "
+                            "resources.cluster_autoscales: true if they start on demand")
     if r.cpu_per_trial > cpus:
         problems.append(f"resources.cpu_per_trial: {r.cpu_per_trial:g} CPUs per trial, but {where} has {cpus:g}")
     return problems
@@ -261,13 +280,17 @@ def check_data_and_model(cfg: SweepConfig, space: dict[str, Any], log) -> tuple[
     return problems, n, reports * epochs
 
 
-def run_preflight(cfg: SweepConfig, cluster: dict[str, float] | None = None, log=print) -> Preflight:
-    """Raise PreflightError listing every problem, or return what was resolved."""
+def run_preflight(cfg: SweepConfig, cluster: dict[str, float] | None = None, log=print, nodes: int = 1) -> Preflight:
+    """Raise PreflightError listing every problem, or return what was resolved.
+
+    `cluster`/`nodes`: the resources and alive node count of a joined Ray cluster (None/1: local run)."""
     space, problems = resolve_space(cfg)
     problems += check_space(cfg, space)
     space_ok = not problems
     uri = cfg.tracking.uri or default_tracking_uri(cfg.storage.path)
     problems += check_tracking(uri)
+    if cluster is not None:
+        problems += check_tracking_for_cluster(uri, nodes, cfg.resources.cluster_autoscales)
     problems += check_resources(cfg, cluster)
     problems += check_metrics(cfg, synthetic=cfg.trial.data.source == "synthetic")
     # The report schedule is checked against the space's values only once those are valid.

@@ -31,6 +31,7 @@ from trainables.tracking import (
     is_local_uri,
     make_client,
     open_trial_run,
+    redact_uri,
     start_sweep_run,
 )
 
@@ -117,8 +118,17 @@ def _quiet_tune_output() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def _start_ray(address: str | None) -> bool:
-    """Join `address` or start a local Ray; True when this process started (and must stop) it."""
+def cluster_view() -> tuple[dict[str, float], int]:
+    """(total resources, alive nodes) of the Ray cluster this process has joined."""
+    import ray
+
+    return ray.cluster_resources(), sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def _start_ray(address: str | None, env: dict[str, str] | None = None) -> bool:
+    """Join `address` or start a local Ray; True when this process started (and must stop) it.
+    `env` reaches every worker through the runtime env (trials on other nodes do not inherit the
+    driver's environment): MLflow credentials travel this way, never through configs or params."""
     import logging
 
     import ray
@@ -126,6 +136,8 @@ def _start_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     common = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if env:
+        common["runtime_env"] = {"env_vars": dict(env)}
     if address:
         ray.init(address=address, **common)
         return False
@@ -135,18 +147,19 @@ def _start_ray(address: str | None) -> bool:
 
 
 def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress: bool = True,
-              preflight: Preflight | None = None) -> SweepResult:
+              preflight: Preflight | None = None, worker_env: dict[str, str] | None = None) -> SweepResult:
+    """`worker_env`: variables every trial needs (MLflow credentials), passed by Ray's runtime env."""
     import ray
 
     from orchestrator.progress import ProgressPrinter
     from orchestrator.tuner import build_tuner
     from trainables.tune_entry import SweepContext
 
-    cluster = None
+    cluster, nodes = None, 1
     if address:
-        _start_ray(address)
-        cluster = ray.cluster_resources()
-    pre = preflight or run_preflight(cfg, cluster, log=log)
+        _start_ray(address, worker_env)
+        cluster, nodes = cluster_view()
+    pre = preflight or run_preflight(cfg, cluster, log=log, nodes=nodes)
     for note in pre.notes:
         log(f"[sweep] {note}")
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -158,13 +171,14 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
     # by several processes at once can corrupt.
     experiment_id = ensure_experiment(client, cfg.experiment, artifact_location)
     config_dict = cfg.model_dump(mode="json")
+    config_dict["tracking"]["uri"] = redact_uri(pre.tracking_uri)
     parent = start_sweep_run(client, experiment_id, run_name, flatten(config_dict))
     client.log_text(parent, yaml.safe_dump(config_dict, sort_keys=False), "sweep_config.yaml")
     log(f"[sweep] {run_name}: {pre.num_trials or cfg.search.num_samples} trial(s), MLflow run {parent} "
-        f"in experiment {cfg.experiment!r} ({pre.tracking_uri})")
+        f"in experiment {cfg.experiment!r} ({redact_uri(pre.tracking_uri)})")
     started = False
     try:
-        started = _start_ray(address)
+        started = _start_ray(address, worker_env)
         reference = None
         blocking = unsharable_keys(pre.param_space)
         if cfg.shared_reference and blocking:
@@ -193,7 +207,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
                            max_abs_logratio=cfg.analysis.max_abs_logratio)
         log_analysis(client, parent, analysis)
         (analysis_dir / "sweep.json").write_text(json.dumps(
-            {"name": run_name, "tracking_uri": pre.tracking_uri, "experiment_id": experiment_id,
+            {"name": run_name, "tracking_uri": redact_uri(pre.tracking_uri), "experiment_id": experiment_id,
              "parent_run_id": parent, "experiment_path": grid.experiment_path}, indent=2))
         client.set_terminated(parent, "FINISHED")
     except BaseException:

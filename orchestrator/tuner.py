@@ -36,7 +36,7 @@ def build_tuner(cfg: SweepConfig, space: dict[str, Any], context: SweepContext, 
     from ray import tune
 
     search_alg, space = build_search_alg(cfg, space)
-    resources = {"cpu": cfg.resources.cpu_per_trial}
+    resources = {"cpu": cfg.resources.cpu_per_trial, **cfg.resources.custom}
     if gpu_per_trial:
         resources["gpu"] = gpu_per_trial
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=context), resources)

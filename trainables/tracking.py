@@ -20,12 +20,25 @@ KIND_TAG = "dpo_sweep.kind"
 TRIAL_ID_TAG = "dpo_sweep.trial_id"
 STATUS_TAG = "dpo_sweep.status"
 FLAG_TAG = "dpo_sweep.reward_hacking"
+NODE_TAG = "dpo_sweep.node_id"  # the Ray node a trial (last) ran on
 # Opens experiments in the classic training-runs view rather than the GenAI one.
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 
 
 def default_tracking_uri(base_dir: str | Path) -> str:
     return f"sqlite:///{Path(base_dir).resolve() / 'mlflow.db'}"
+
+
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def redact_uri(uri: str | None) -> str | None:
+    """'https://user:secret@host' -> 'https://***@host': URIs are logged; credentials never are."""
+    if not uri or "@" not in uri or "://" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    userinfo, _, host = rest.rpartition("@")
+    return f"{scheme}://***@{host}" if userinfo and "/" not in userinfo else uri
 
 
 def is_local_uri(uri: str) -> bool:
@@ -83,6 +96,8 @@ def open_trial_run(client, experiment_id: str, parent_run_id: str, trial_id: str
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
+        for key, value in tags.items():  # e.g. the node it runs on now
+            client.set_tag(run_id, key, value)
         return run_id
     run = client.create_run(experiment_id, run_name=trial_name,
                             tags={PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, KIND_TAG: "trial",

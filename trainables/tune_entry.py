@@ -15,6 +15,7 @@ from typing import Any
 from trainables.config import TrialSpec, spec_with_params
 from trainables.tracking import (
     FLAG_TAG,
+    NODE_TAG,
     flatten,
     log_step_metrics,
     make_client,
@@ -41,6 +42,7 @@ def trial_spec_for(context: SweepContext, params: dict[str, Any], output_dir: st
 
 
 def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
+    import ray
     import torch
     from ray import tune
 
@@ -57,7 +59,8 @@ def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
     run_id = open_trial_run(
         client, context.experiment_id, context.parent_run_id, ctx.get_trial_id(), ctx.get_trial_name(),
         params=flatten(spec.model_dump(mode="json", exclude={"output_dir", "cache_dir"})),
-        tags={SWEPT_TAG: ",".join(sorted(params)), **{f"swept.{k}": str(v) for k, v in params.items()}},
+        tags={SWEPT_TAG: ",".join(sorted(params)), NODE_TAG: ray.get_runtime_context().get_node_id(),
+              **{f"swept.{k}": str(v) for k, v in params.items()}},
     )
     client.log_text(run_id, json.dumps(spec.model_dump(mode="json"), indent=2), "trial_spec.json")
 
