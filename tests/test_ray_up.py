@@ -1,0 +1,154 @@
+"""The `ray submit` path for real: `ray up` with Ray's local provider over SSH to 127.0.0.1, `ray submit`
+of the shipped deploy/submit_sweep.py with a small sweep, the results checked, `ray down`.
+
+The set-up installs openssh-server, rsync and netcat (Debian packages) when missing and starts its own
+sshd on a free port of 127.0.0.1 (Ray has no SSH-port setting: `ssh_proxy_command: nc %h PORT`). It logs
+in as a throw-away account with uid 0 and a home of its own, so the login PATH that `ray submit`'s bare
+`python` needs reaches this venv without touching root's dotfiles. Everything is undone afterwards; sshd
+is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainables.tracking import PARENT_TAG, STATUS_TAG, make_client
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+USER = "dposweep-sshtest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(*cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def ensure_ssh_tools() -> None:
+    if all(shutil.which(t) or Path(f"/usr/sbin/{t}").exists() for t in ("sshd", "rsync", "nc")):
+        return
+    if os.geteuid() != 0:
+        pytest.skip("needs root to install openssh-server, rsync and netcat-openbsd")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run("apt-get", "update", "-qq", env=env, timeout=600)
+    run("apt-get", "install", "-y", "-qq", "openssh-server", "rsync", "netcat-openbsd", env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def ssh_head():
+    """(user, key, port, home) of an sshd on 127.0.0.1 that logs USER in with the venv on its PATH."""
+    if os.geteuid() != 0:
+        pytest.skip("the SSH set-up needs root (CI and the dev machine run as root)")
+    ensure_ssh_tools()
+    base = Path(tempfile.mkdtemp(prefix="dpo-sshtest-"))
+    home = base / "home"
+    home.mkdir()
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "hostkey"))
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "id"))
+    (home / ".ssh").mkdir(mode=0o700)
+    shutil.copy(base / "id.pub", home / ".ssh" / "authorized_keys")
+    # `ray submit` runs a bare `python`, `ray down` a bare `ray stop`, in a login shell that sources ~/.bashrc.
+    (home / ".bashrc").write_text(f"export PATH={BIN}:$PATH RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0\n")
+    run("useradd", "-o", "-u", "0", "-g", "0", "-M", "-d", str(home), "-s", "/bin/bash", USER)
+    sshd = None
+    try:
+        run("usermod", "-p", "*", USER)  # no password, not locked: key login only
+        port = free_port()
+        (base / "sshd_config").write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base}/hostkey\nPidFile {base}/sshd.pid\n"
+            f"UsePAM no\nPasswordAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
+            f"AllowUsers {USER}\nStrictModes no\n")
+        Path("/run/sshd").mkdir(exist_ok=True)
+        sshd = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-f", str(base / "sshd_config"), "-D"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run("ssh", "-i", str(base / "id"), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", f"ProxyCommand=nc %h {port}", "-o", "ConnectTimeout=20", f"{USER}@127.0.0.1", "true", timeout=60)
+        yield {"user": USER, "key": base / "id", "port": port, "base": base}
+    finally:
+        if sshd is not None:
+            for child in _children(sshd.pid):
+                os.kill(child, signal.SIGTERM)
+            sshd.terminate()
+            sshd.wait(timeout=10)
+        subprocess.run(["userdel", "-f", USER], capture_output=True, check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_ray_up_submit_down_over_ssh(ssh_head, model_cache, tmp_path):
+    work = tmp_path / "work"
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    (sweeps / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "sshsweep",
+        "trial": {"cache_dir": model_cache,
+                  "data": {"source": "synthetic", "synthetic": {"num_train": 256, "num_eval": 64, "num_probe": 16}},
+                  "dpo": {"reports_per_epoch": 2, "learning_rate": 5e-4}},
+        "search": {"space": {"beta": {"grid": [0.1, 0.3]}}},
+        "scheduler": {"kind": "fifo"},
+        "storage": {"path": str(work / "out")},
+    }))
+    # The shipped on-prem YAML, pointed at this machine.
+    cluster = yaml.safe_load((ROOT / "deploy" / "onprem.yaml").read_text())
+    cluster["cluster_name"] = "dpo-sweep-sshtest"
+    cluster["provider"].update(head_ip="127.0.0.1", worker_ips=[])
+    cluster["auth"] = {"ssh_user": ssh_head["user"], "ssh_private_key": str(ssh_head["key"]),
+                       "ssh_proxy_command": f"nc %h {ssh_head['port']}"}
+    cluster["file_mounts"] = {str(work / "sweeps"): str(sweeps)}
+    port = free_port()
+    cluster["head_start_ray_commands"] = [
+        "ray stop",
+        f"ray start --head --port={port} --num-cpus=2 --include-dashboard=false "
+        "--autoscaling-config=~/ray_bootstrap_config.yaml",
+    ]
+    cluster["worker_start_ray_commands"] = []
+    config = tmp_path / "cluster.yaml"
+    config.write_text(yaml.safe_dump(cluster))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    ray = str(BIN / "ray")
+    try:
+        up = subprocess.run([ray, "up", "-y", "--no-config-cache", str(config)], env=env, capture_output=True,
+                            text=True, timeout=600, check=False)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        submit = subprocess.run([ray, "submit", str(config), str(ROOT / "deploy" / "submit_sweep.py"), "--",
+                                 str(work / "sweeps" / "sweep.yaml")], env=env, capture_output=True, text=True,
+                                timeout=900, check=False)
+        assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
+        assert "Sweet spot" in submit.stdout
+    finally:
+        down = subprocess.run([ray, "down", "-y", str(config)], env=env, capture_output=True, text=True,
+                              timeout=300, check=False)
+    assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
+
+    client = make_client(f"sqlite:///{work / 'out' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sshsweep")
+    parent = client.search_runs([exp.experiment_id], "tags.`dpo_sweep.kind` = 'sweep'")[0]
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    assert len(children) == 2 and all(c.data.tags[STATUS_TAG] == "completed" for c in children)
+    assert list((work / "out").glob("sshsweep-*/analysis/interaction.png"))
