@@ -122,8 +122,8 @@ def test_ray_up_submit_down_over_ssh(ssh_head, model_cache, tmp_path):
     port = free_port()
     cluster["head_start_ray_commands"] = [
         "ray stop",
-        f"ray start --head --port={port} --num-cpus=2 --include-dashboard=false "
-        "--autoscaling-config=~/ray_bootstrap_config.yaml",
+        (f"ray start --head --port={port} --num-cpus=2 --include-dashboard=false "
+        "--autoscaling-config=~/ray_bootstrap_config.yaml"),
     ]
     cluster["worker_start_ray_commands"] = []
     config = tmp_path / "cluster.yaml"
