@@ -20,8 +20,9 @@ KEY_FIELDS = ("model.", "data.", "dpo.max_length", "dpo.truncation_mode", "cache
 
 
 def reference_cache_root(cfg: SweepConfig) -> Path:
-    base = Path(cfg.storage.path) if "://" not in cfg.storage.path else Path.cwd() / "dpo-sweep-output"
-    return base / "reference-cache"
+    """Beside the sweep's results; trials on every node read it, so on a cluster storage.path must be a
+    shared filesystem (object-store URIs turn sharing off)."""
+    return Path(cfg.storage.path) / "reference-cache"
 
 
 def unsharable_keys(space: dict) -> list[str]:

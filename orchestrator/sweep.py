@@ -181,7 +181,10 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
         started = _start_ray(address, worker_env)
         reference = None
         blocking = unsharable_keys(pre.param_space)
-        if cfg.shared_reference and blocking:
+        if cfg.shared_reference and "://" in cfg.storage.path:
+            log(f"[sweep] shared reference off: storage.path {cfg.storage.path} is not a filesystem every node "
+                "reads; give a shared filesystem path (NFS, a ReadWriteMany volume) to share it")
+        elif cfg.shared_reference and blocking:
             log(f"[sweep] shared reference off: the space varies {', '.join(blocking)}, which change the "
                 "token ids or reference log-probs; each trial computes its own")
         elif cfg.shared_reference:
