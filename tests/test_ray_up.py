@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -77,8 +78,7 @@ def ssh_head():
         Path("/run/sshd").mkdir(exist_ok=True)
         sshd = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-f", str(base / "sshd_config"), "-D"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        run("ssh", "-i", str(base / "id"), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", f"ProxyCommand=nc %h {port}", "-o", "ConnectTimeout=20", f"{USER}@127.0.0.1", "true", timeout=60)
+        wait_for_ssh(base / "id", port)
         yield {"user": USER, "key": base / "id", "port": port, "base": base}
     finally:
         if sshd is not None:
@@ -88,6 +88,21 @@ def ssh_head():
             sshd.wait(timeout=10)
         subprocess.run(["userdel", "-f", USER], capture_output=True, check=False)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def wait_for_ssh(key: Path, port: int, seconds: float = 60) -> None:
+    """sshd takes a moment to listen after it starts: retry a login until it answers."""
+    deadline = time.monotonic() + seconds
+    while True:
+        out = subprocess.run(["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o",
+                              "UserKnownHostsFile=/dev/null", "-o", f"ProxyCommand=nc %h {port}", "-o",
+                              "ConnectTimeout=10", "-o", "BatchMode=yes", f"{USER}@127.0.0.1", "true"],
+                             capture_output=True, text=True, timeout=60, check=False)
+        if out.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ssh to the test sshd on port {port} failed: {out.stderr.strip()}")
+        time.sleep(0.5)
 
 
 def _children(pid: int) -> list[int]:
