@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
+from procs import free_port, kill_tree, wait_for
 
 from orchestrator.preflight import PreflightError, check_tracking_for_cluster, run_preflight
 from trainables.tracking import NODE_TAG, PARENT_TAG, STATUS_TAG, make_client
@@ -24,40 +21,6 @@ from trainables.tracking import NODE_TAG, PARENT_TAG, STATUS_TAG, make_client
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 SECRET = "s3cr3t-mlflow-token-4242"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {seconds} s")
-
-
-def kill_tree(pid: int) -> None:
-    try:
-        proc = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    procs = [*proc.children(recursive=True), proc]
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        p.kill()
 
 
 @pytest.fixture(scope="module")

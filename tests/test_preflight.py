@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from importlib import resources
 from pathlib import Path
 
 import pytest
+from procs import free_port
 
 from orchestrator.config import load_sweep_config, validate_sweep_config
 from orchestrator.preflight import PreflightError, check_resources, run_preflight
@@ -124,9 +124,7 @@ def test_a_gpu_request_without_gpus_is_refused_not_left_pending(sweep):
 
 
 def test_unreachable_tracking_server_is_refused(sweep):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again on exit: nothing listens there
+    port = free_port()  # bound and closed again: nothing listens there
     text = refusals(sweep(tracking={"uri": f"http://127.0.0.1:{port}"}))
     assert f"cannot reach the MLflow server at http://127.0.0.1:{port}" in text
     assert "is a local path" in refusals(sweep(tracking={"uri": "./mlruns"}))

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from procs import free_port, kill_tree
 
 from trainables.tracking import PARENT_TAG, STATUS_TAG, make_client
 
@@ -29,12 +28,6 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 USER = "dposweep-sshtest"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(*cmd, **kw):
@@ -82,10 +75,7 @@ def ssh_head():
         yield {"user": USER, "key": base / "id", "port": port, "base": base}
     finally:
         if sshd is not None:
-            for child in _children(sshd.pid):
-                os.kill(child, signal.SIGTERM)
-            sshd.terminate()
-            sshd.wait(timeout=10)
+            kill_tree(sshd.pid)  # the listener and its session processes
         subprocess.run(["userdel", "-f", USER], capture_output=True, check=False)
         shutil.rmtree(base, ignore_errors=True)
 
@@ -103,15 +93,6 @@ def wait_for_ssh(key: Path, port: int, seconds: float = 60) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"ssh to the test sshd on port {port} failed: {out.stderr.strip()}")
         time.sleep(0.5)
-
-
-def _children(pid: int) -> list[int]:
-    import psutil
-
-    try:
-        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
 
 
 def test_ray_up_submit_down_over_ssh(ssh_head, model_cache, tmp_path):
