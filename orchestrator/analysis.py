@@ -23,7 +23,6 @@ COMPLETED, STOPPED, FAILED, STOPPED_HACKING = "completed", "stopped_by_asha", "f
 @dataclass
 class TrialRecord:
     trial_id: str
-    name: str
     params: dict[str, Any]
     history: pd.DataFrame  # one row per report
     expected_reports: int

@@ -71,8 +71,7 @@ def records_from_results(grid, cfg: SweepConfig) -> list[TrialRecord]:
             if scored:
                 best = max(scored, key=lambda cm: sign * cm[1][cfg.search.metric])[0].path
         records.append(TrialRecord(
-            trial_id=trial_id, name=str(result.metrics.get("trial_id", trial_id)) if result.metrics else trial_id,
-            params=params, history=df, expected_reports=expected_reports(cfg, params),
+            trial_id=trial_id, params=params, history=df, expected_reports=expected_reports(cfg, params),
             error=str(result.error) if result.error else None, best_checkpoint=best,
         ))
     return records

@@ -12,7 +12,7 @@ def record(tid, beta, lr, accs, expected=4, flag=False, drift=0.1):
     steps = list(range(10, 10 * len(accs) + 1, 10))
     hist = pd.DataFrame({"step": steps, "eval_rewards_accuracies": accs, "eval_abs_logratio": [drift] * len(accs),
                          "reward_hack_flag": [float(flag)] * len(accs)})
-    return TrialRecord(trial_id=tid, name=tid, params={"beta": beta, "learning_rate": lr}, history=hist,
+    return TrialRecord(trial_id=tid, params={"beta": beta, "learning_rate": lr}, history=hist,
                        expected_reports=expected)
 
 

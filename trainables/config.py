@@ -198,14 +198,14 @@ def closest_field(root: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
     return _closest(wrong, valid)
 
 
-def _closest(wrong: str, valid: list[str]) -> str | None:
+def _closest(wrong: str, valid: list[str], cutoff: float = 0.7) -> str | None:
     """An alias, a unique name the key abbreviates ('grace' -> 'grace_period'), or a close spelling."""
     if ALIASES.get(wrong) in valid:
         return ALIASES[wrong]
     prefixed = [v for v in valid if len(wrong) >= 3 and v.split(".")[-1].startswith(wrong.split(".")[-1])]
     if len(prefixed) == 1:
         return prefixed[0]
-    match = difflib.get_close_matches(wrong, valid, n=1, cutoff=0.7)
+    match = difflib.get_close_matches(wrong, valid, n=1, cutoff=cutoff)
     return match[0] if match else None
 
 
@@ -320,8 +320,8 @@ def resolve_param_key(key: str) -> str | None:
 
 
 def closest_param_key(key: str) -> str | None:
-    keys = param_keys()
-    return _closest(key, keys) or next(iter(difflib.get_close_matches(key, keys, n=1, cutoff=0.6)), None)
+    # Dotted paths are long: a looser spelling match than for one field name.
+    return _closest(key, param_keys(), cutoff=0.6)
 
 
 def spec_with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
