@@ -8,7 +8,7 @@ Ray is not touched here: the Tune entry passes `ray.tune.report`, tests pass a
 list's `append`, and `dpo-sweep trial` passes a printer.
 
     dpo-sweep trial --set dpo.beta=0.2 --set dpo.learning_rate=1e-4
-    python -c "from trainables.trial import run_trial; from trainables.config import ConfigError, TrialSpec; \\
+    python -c "from trainables.trial import run_trial; from trainables.config import TrialSpec; \\
 run_trial(TrialSpec(), lambda m, c: print(m))"
 """
 
