@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 COMPLETED, STOPPED, FAILED, STOPPED_HACKING = "completed", "stopped_by_asha", "failed", "stopped_reward_hacking"
+DIVERGED = "diverged"
 
 
 @dataclass
@@ -42,6 +43,8 @@ class TrialRecord:
     def status(self) -> str:
         if self.error:
             return FAILED
+        if "diverged" in self.history and self.history["diverged"].fillna(0).max() > 0:
+            return DIVERGED
         if self.reports >= self.expected_reports:
             return COMPLETED
         if self.flagged and "reward_hack_stop" in self.history and self.history["reward_hack_stop"].max() > 0:
@@ -87,7 +90,7 @@ def drifted(table: pd.DataFrame, max_abs_logratio: float | None) -> pd.Series:
 
 
 def pick_best(table: pd.DataFrame, metric: str, mode: str, max_abs_logratio: float | None = None) -> dict | None:
-    ranked = table[table[metric].notna() & ~drifted(table, max_abs_logratio)]
+    ranked = table[table[metric].notna() & ~drifted(table, max_abs_logratio) & (table["status"] != DIVERGED)]
     finished = ranked[ranked["status"] == COMPLETED]
     pool = finished if len(finished) else ranked
     if not len(pool):
@@ -231,6 +234,9 @@ def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
         return "; ".join(",".join(f"{k}={_fmt(row[k])}" for k in params) for _, row in rows.iterrows())
 
     if len(table):
+        diverged = table[table["status"] == DIVERGED]
+        if len(diverged):
+            lines.append(f"Diverged (a NaN or Inf loss or metric; stopped and left out): {names(diverged)}")
         far = table[drifted(table, max_abs_logratio)]
         if len(far):
             lines.append(f"Left out of the sweet spot, policy more than {max_abs_logratio:g} nats from the reference "

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.analysis import COMPLETED, FAILED, SweepAnalysis, TrialRecord, analyze
+from orchestrator.analysis import COMPLETED, DIVERGED, FAILED, SweepAnalysis, TrialRecord, analyze
 from orchestrator.config import SweepConfig
 from orchestrator.preflight import Preflight, run_preflight
 from orchestrator.prepare import prepare_shared_reference, unsharable_keys
@@ -36,7 +36,7 @@ from trainables.tracking import (
 )
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "dpo_sweep_state.json", "trainer_state.json")
-RUN_STATUS = {COMPLETED: "FINISHED", FAILED: "FAILED"}  # anything else (stopped early) -> KILLED
+RUN_STATUS = {COMPLETED: "FINISHED", FAILED: "FAILED", DIVERGED: "FAILED"}  # the rest (stopped early) -> KILLED
 
 
 @dataclass

@@ -58,3 +58,13 @@ def test_ties_go_to_the_policy_closest_to_its_reference(tmp_path):
     recs = [record("far", 0.01, 1e-4, [0.6, 0.7, 0.8, 0.9], drift=0.9),
             record("near", 0.1, 1e-4, [0.6, 0.7, 0.8, 0.9], drift=0.3)]
     assert analyze(recs, "eval_rewards_accuracies", "max", tmp_path).best["trial"] == "near"
+
+
+def test_diverged_trials_are_left_out_and_named(tmp_path):
+    good = record("ok", 0.1, 1e-4, [0.6, 0.7, 0.8, 0.85])
+    bad = record("nan", 0.5, 1e-2, [0.9, 0.95])
+    bad.history["diverged"] = [0.0, 1.0]
+    a = analyze([good, bad], "eval_rewards_accuracies", "max", tmp_path)
+    assert dict(zip(a.table["trial"], a.table["status"], strict=True)) == {"ok": COMPLETED, "nan": "diverged"}
+    assert a.best["trial"] == "ok"
+    assert "Diverged (a NaN or Inf loss or metric; stopped and left out): beta=0.5,learning_rate=0.01" in a.summary

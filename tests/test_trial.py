@@ -183,3 +183,27 @@ def test_gradients_after_an_evaluation_match_those_before(make_spec):
     assert before and before.keys() == after.keys()
     for name in before:
         assert torch.allclose(before[name].float(), after[name].float(), atol=1e-6), name
+
+
+def test_a_trial_that_goes_nan_is_stopped_and_marked_diverged(make_spec):
+    from transformers import TrainerCallback
+
+    class PoisonAdapter(TrainerCallback):
+        """The fault: after step 10 the adapter's weights are NaN, as after an exploding update."""
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step == 10:
+                with torch.no_grad():
+                    for name, p in model.named_parameters():
+                        if "lora_B" in name:
+                            p.fill_(float("nan"))
+
+    spec = make_spec("nan")
+    reports = []
+    trainer, _, _ = build_trainer(spec, lambda m, c: reports.append(m), log=quiet)
+    trainer.add_callback(PoisonAdapter())
+    trainer.train()
+    assert [m["step"] for m in reports] == [8, 16]  # reported at 16, then stopped: no reports at 24 and 32
+    assert reports[0]["diverged"] == 0 and reports[1]["diverged"] == 1
+    assert not math.isfinite(reports[1]["eval_loss"])
+    assert trainer.state.global_step == 16

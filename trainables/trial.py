@@ -180,6 +180,11 @@ def _make_callback(report: Report, spec: TrialSpec, probes, tokenizer):
             metrics = {**(self.pending or {}), **self.train_logs, "step": state.global_step,
                        "epoch": round(state.epoch or 0.0, 4)}
             self.pending = None
+            # A NaN or Inf loss or metric does not come back: say so and stop spending compute on it.
+            non_finite = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+            metrics["diverged"] = float(bool(non_finite))
+            if non_finite:
+                control.should_training_stop = True
             if self.monitor:
                 metrics.update(self.monitor.update(metrics))
                 Path(ckpt, STATE_FILE).write_text(json.dumps({"reward_hacking": self.monitor.state()}))
