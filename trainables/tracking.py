@@ -21,6 +21,7 @@ TRIAL_ID_TAG = "dpo_sweep.trial_id"
 STATUS_TAG = "dpo_sweep.status"
 FLAG_TAG = "dpo_sweep.reward_hacking"
 NODE_TAG = "dpo_sweep.node_id"  # the Ray node a trial (last) ran on
+PID_TAG = "dpo_sweep.worker_pid"  # the process running it there (to find, or stop, a stuck trial)
 # Opens experiments in the classic training-runs view rather than the GenAI one.
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 

@@ -8,6 +8,7 @@ into an MLflow step and a `ray.tune.report` with the checkpoint directory.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from trainables.config import TrialSpec, spec_with_params
 from trainables.tracking import (
     FLAG_TAG,
     NODE_TAG,
+    PID_TAG,
     flatten,
     log_step_metrics,
     make_client,
@@ -60,15 +62,22 @@ def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
         client, context.experiment_id, context.parent_run_id, ctx.get_trial_id(), ctx.get_trial_name(),
         params=flatten(spec.model_dump(mode="json", exclude={"output_dir", "cache_dir"})),
         tags={SWEPT_TAG: ",".join(sorted(params)), NODE_TAG: ray.get_runtime_context().get_node_id(),
-              **{f"swept.{k}": str(v) for k, v in params.items()}},
+              PID_TAG: str(os.getpid()), **{f"swept.{k}": str(v) for k, v in params.items()}},
     )
+    # A restarted trial continues its run. Each report goes to MLflow before Ray: a crash between the
+    # two leaves MLflow one step ahead of the checkpoint, and the restart repeats that step. Logging
+    # is made idempotent by step, so the run has every step exactly once.
+    logged_steps = {m.step for m in client.get_metric_history(run_id, "step")}
     client.log_text(run_id, json.dumps(spec.model_dump(mode="json"), indent=2), "trial_spec.json")
 
     flagged = False
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         nonlocal flagged
-        log_step_metrics(client, run_id, metrics, step=int(metrics["step"]))
+        step = int(metrics["step"])
+        if step not in logged_steps:
+            log_step_metrics(client, run_id, metrics, step=step)
+            logged_steps.add(step)
         if metrics.get("reward_hack_flag") and not flagged:
             flagged = True
             client.set_tag(run_id, FLAG_TAG, f"flagged at step {metrics['step']}: {spec.reward_hacking.metric} rose "
