@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,20 +31,13 @@ def loads_or_refuses(load, path, sets):
         assert e.problems and all(isinstance(p, str) and p for p in e.problems)
 
 
+@pytest.mark.parametrize("load", [load_trial_spec, load_sweep_config], ids=["trial", "sweep"])
 @FUZZ
 @given(doc=documents, sets=overrides)
-def test_trial_config_loader(tmp_path, doc, sets):
-    path = tmp_path / "trial.yaml"
+def test_config_loaders(tmp_path, load, doc, sets):
+    path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(doc))
-    loads_or_refuses(load_trial_spec, path, sets)
-
-
-@FUZZ
-@given(doc=documents, sets=overrides)
-def test_sweep_config_loader(tmp_path, doc, sets):
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    loads_or_refuses(load_sweep_config, path, sets)
+    loads_or_refuses(load, path, sets)
 
 
 @FUZZ

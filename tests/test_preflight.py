@@ -43,14 +43,13 @@ def shipped_configs():
 
 @pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: p.name)
 def test_every_shipped_yaml_validates(path, model_cache, tmp_path):
-    overrides = [f"trial.cache_dir={model_cache}", f"storage.path={tmp_path}"] if path.name != "demo-trial.yaml" \
-        else [f"cache_dir={model_cache}"]
-    if path.name == "demo-trial.yaml":
+    if path.name == "demo-trial.yaml":  # the one trial config; the rest are sweeps
         from trainables.config import load_trial_spec
 
-        load_trial_spec(path, overrides)
+        load_trial_spec(path, [f"cache_dir={model_cache}"])
     else:
-        run_preflight(load_sweep_config(path, overrides), log=None)
+        run_preflight(load_sweep_config(path, [f"trial.cache_dir={model_cache}", f"storage.path={tmp_path}"]),
+                      log=None)
 
 
 def test_inline_space_kinds(sweep):
