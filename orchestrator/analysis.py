@@ -18,7 +18,9 @@ from typing import Any
 import pandas as pd
 
 COMPLETED, STOPPED, FAILED, STOPPED_HACKING = "completed", "stopped_by_asha", "failed", "stopped_reward_hacking"
-DIVERGED = "diverged"
+DIVERGED, OUT_OF_MEMORY = "diverged", "out_of_memory"
+# How an out-of-memory trial's error reads: ours (trainables.trial), torch's, or Ray's memory monitor killing it.
+OOM_MARKERS = ("TrialOutOfMemory", "OutOfMemoryError", "CUDA out of memory")
 
 
 @dataclass
@@ -42,7 +44,7 @@ class TrialRecord:
     @property
     def status(self) -> str:
         if self.error:
-            return FAILED
+            return OUT_OF_MEMORY if any(m in self.error for m in OOM_MARKERS) else FAILED
         if "diverged" in self.history and self.history["diverged"].fillna(0).max() > 0:
             return DIVERGED
         if self.reports >= self.expected_reports:
@@ -237,6 +239,11 @@ def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
         diverged = table[table["status"] == DIVERGED]
         if len(diverged):
             lines.append(f"Diverged (a NaN or Inf loss or metric; stopped and left out): {names(diverged)}")
+        oom = table[table["status"] == OUT_OF_MEMORY]
+        if len(oom):
+            lines.append(f"Out of memory: {names(oom)}. Lower dpo.per_device_train_batch_size (raise "
+                         "dpo.gradient_accumulation_steps to keep the effective batch) or dpo.max_length, or give "
+                         "each trial more memory (resources.gpu_per_trial; fewer trials at once)")
         far = table[drifted(table, max_abs_logratio)]
         if len(far):
             lines.append(f"Left out of the sweet spot, policy more than {max_abs_logratio:g} nats from the reference "

@@ -31,6 +31,7 @@ from pathlib import Path
 from trainables.config import ConfigError, load_trial_spec
 from trainables.data import DataError
 from trainables.tracking import CREDENTIAL_VARS, redact_uri
+from trainables.trial import TrialOutOfMemory
 
 DEMO_TRIAL = "demo-trial.yaml"
 DEMO_SWEEP = "demo.yaml"
@@ -144,10 +145,7 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator.sweep import run_sweep
-    cfg = _sweep_config(args)
-    result = run_sweep(cfg, address=_address(args), log=_log, worker_env=_credentials_for_workers())
+def print_result(result, experiment: str) -> int:
     a = result.analysis
     shown = [c for c in a.table.columns if c not in ("trial",)]
     print("\nResults (" + a.metric + " at each trial's last report):")
@@ -158,7 +156,82 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {name:16s} {path}")
     uri = redact_uri(result.tracking_uri)
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
-    print(f"\nMLflow: experiment {cfg.experiment!r}, parent run {result.parent_run_id}\n  {ui}")
+    print(f"\nMLflow: experiment {experiment!r}, parent run {result.parent_run_id}\n  {ui}")
+    print(f"Ray results: {result.experiment_path}")
+    if not result.tracking_complete:
+        print(f"\nMLflow is incomplete (server unreachable at the end); when it is back:\n"
+              f"  dpo-sweep sync-mlflow {result.experiment_path}")
+        return 3
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.sweep import run_sweep
+
+    cfg = _sweep_config(args)
+    result = run_sweep(cfg, address=_address(args), log=_log, worker_env=_credentials_for_workers())
+    return print_result(result, cfg.experiment)
+
+
+def find_experiment(ref: str, storage: str) -> str:
+    """The Ray experiment directory of a sweep, from its path or URI, from its run name under `storage`, or
+    from a sweep or MLflow experiment name (its latest sweep under `storage`)."""
+    from orchestrator.sweep import SWEEP_FILE
+
+    if "://" in ref or (Path(ref) / SWEEP_FILE).is_file():
+        return ref if "://" in ref else str(Path(ref).resolve())
+    if (Path(storage) / ref / SWEEP_FILE).is_file():
+        return str((Path(storage) / ref).resolve())
+    sweeps = sorted(Path(storage).glob(f"*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime)
+    named = [p.parent for p in sweeps
+             if ref in (json.loads(p.read_text()).get("config", {}).get("name"),
+                        (json.loads(p.read_text()).get("config", {}).get("tracking") or {}).get("experiment"))]
+    if named:
+        _log(f"[sweep] {ref!r}: the latest of its {len(named)} sweep(s) under {storage}: {named[-1].name}")
+        return str(named[-1].resolve())
+    known = ", ".join(p.parent.name for p in sweeps[-5:]) or "none"
+    raise FileNotFoundError(
+        f"no sweep {ref!r}: give the experiment directory `dpo-sweep run` printed (Ray results: ...), a sweep run "
+        f"name under {storage} (latest there: {known}), or pass --storage to look elsewhere")
+
+
+def _state_and_config(args: argparse.Namespace):
+    from orchestrator.sweep import SweepState
+
+    state = SweepState.load(find_experiment(args.experiment, args.storage))
+    cfg = state.sweep_config()
+    cache = os.environ.get("DPO_SWEEP_CACHE")
+    if cache and cfg.trial.cache_dir is None:
+        cfg.trial.cache_dir = cache
+    if args.tracking_uri:
+        cfg.tracking.uri = args.tracking_uri
+    elif "***@" in (cfg.tracking.uri or ""):
+        raise ConfigError([(f"tracking.uri: {cfg.tracking.uri} had credentials, which dpo-sweep never stores; pass "
+                           "--tracking-uri (or MLFLOW_TRACKING_USERNAME/_PASSWORD with a plain URI)")])
+    return state, cfg
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from orchestrator.sweep import run_sweep
+
+    state, cfg = _state_and_config(args)
+    result = run_sweep(cfg, address=_address(args), log=_log, worker_env=_credentials_for_workers(), resume=state,
+                       retry_failed=args.retry_failed)
+    return print_result(result, cfg.experiment)
+
+
+def cmd_sync_mlflow(args: argparse.Namespace) -> int:
+    from orchestrator.sweep import finish_sweep, load_results
+    from trainables.tracking import default_tracking_uri
+
+    state, cfg = _state_and_config(args)
+    grid = load_results(state.experiment_path)
+    _, analysis, counts = finish_sweep(cfg, state, grid, cfg.tracking.uri or default_tracking_uri(cfg.storage.path), log=_log,
+                                       tracking_patience_s=args.patience)
+    if counts is None:
+        return 3
+    print(f"{counts.describe()}; parent run {state.parent_run_id} closed; analysis of {len(analysis.table)} trial(s) "
+          "logged to it")
     return 0
 
 
@@ -199,6 +272,34 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_flags(validate)
     validate.set_defaults(func=cmd_validate)
 
+    def experiment_arg(sp):
+        sp.add_argument("experiment", help="the sweep: its Ray experiment directory (printed by `run` as 'Ray "
+                                           "results'), its run name, or its sweep/MLflow experiment name (latest)")
+        sp.add_argument("--storage", default="dpo-sweep-output",
+                        help="where to look a sweep up by name (default: ./dpo-sweep-output)")
+        sp.add_argument("--tracking-uri", help="MLflow tracking URI, if not the one the sweep was started with")
+
+    resume = sub.add_parser("resume", help="finish a sweep whose driver was stopped or crashed",
+                            description="Continue a sweep after its driver died (killed, lost node, Ctrl-C): "
+                                        "finished trials are kept and not re-run, interrupted trials continue from "
+                                        "their last checkpoints, pending ones start; the same MLflow parent run is "
+                                        "reused and closed at the end, and the analysis covers every trial.")
+    experiment_arg(resume)
+    resume.add_argument("--address", help="join a running Ray cluster (default: start a local Ray, or RAY_ADDRESS)")
+    resume.add_argument("--retry-failed", action="store_true",
+                        help="also resume trials that failed (from their last checkpoints); default: keep them failed")
+    resume.set_defaults(func=cmd_resume)
+
+    sync = sub.add_parser("sync-mlflow", help="rebuild a sweep's MLflow runs and metrics from Ray's results",
+                          description="Make MLflow agree with Ray's results of a sweep: create missing child runs, "
+                                      "add missing steps, set every trial's final status and best adapter, log the "
+                                      "analysis and close the parent run. Nothing is re-run; running it twice "
+                                      "changes nothing. Use it after a tracking outage or against a new server.")
+    experiment_arg(sync)
+    sync.add_argument("--patience", type=float, default=60,
+                      help="seconds to keep retrying an unreachable tracking server (default 60)")
+    sync.set_defaults(func=cmd_sync_mlflow)
+
     spaces = sub.add_parser("spaces", help="list the named search spaces")
     spaces.set_defaults(func=cmd_spaces)
 
@@ -227,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         # Bad rows and missing model/data paths: the messages already name the row or field and the fix.
         _log(f"dpo-sweep: {e}")
         return 2
+    except TrialOutOfMemory as e:
+        _log(f"dpo-sweep: {e}")
+        return 1
     except KeyboardInterrupt:
         _log("dpo-sweep: interrupted; checkpoints written so far are kept")
         return 130

@@ -82,6 +82,10 @@ class ResourceSettings(StrictModel):
 class TrackingSettings(StrictModel):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<storage.path>/mlflow.db.")
     experiment: str | None = Field(None, description="MLflow experiment; default the sweep name.")
+    patience_s: float = Field(300, ge=0, description="At the end of a sweep, how long to keep retrying an "
+                              "unreachable tracking server before leaving the rest to `dpo-sweep sync-mlflow`.")
+    flush_s: float = Field(60, ge=0, description="At the end of a trial, how long to wait for its queued MLflow "
+                           "calls (the driver fills in the rest from Ray's results).")
 
 
 class StorageSettings(StrictModel):

@@ -15,7 +15,9 @@ class ProgressPrinter(Callback):
         self.num_trials = num_trials
         self.enabled = enabled
         self.start = time.monotonic()
-        self.finished = 0
+
+    def setup(self, **info):
+        self.start = time.monotonic()  # also after `resume`, which unpickles this callback
 
     def _line(self, text: str) -> None:
         if self.enabled:
@@ -33,10 +35,10 @@ class ProgressPrinter(Callback):
                    f"{self.metric} {shown}{answers}{extra}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.finished += 1
+        # Counted from Tune's own trial list: a resumed sweep starts with trials finished before.
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + (trial.status not in ("TERMINATED", "ERROR"))
         total = f"/{self.num_trials}" if self.num_trials else ""
-        self._line(f"done   {trial} ({self.finished}{total} finished)")
+        self._line(f"done   {trial} ({done}{total} finished)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.finished += 1
         self._line(f"FAILED {trial}: see {trial.path}/error.txt")

@@ -30,18 +30,24 @@ def trial_name(trial) -> str:
     return f"{trial.trial_id}[{','.join(parts)}]" if parts else trial.trial_id
 
 
+def build_trainable(cfg: SweepConfig, context: SweepContext, gpu_per_trial: float = 0.0):
+    """The trial function with the sweep's context bound and its resources declared."""
+    from ray import tune
+
+    resources = {"cpu": cfg.resources.cpu_per_trial, **cfg.resources.custom}
+    if gpu_per_trial:
+        resources["gpu"] = gpu_per_trial
+    return tune.with_resources(tune.with_parameters(tune_trainable, context=context), resources)
+
+
 def build_tuner(cfg: SweepConfig, space: dict[str, Any], context: SweepContext, run_name: str, max_reports: int,
                 gpu_per_trial: float = 0.0, callbacks: list | None = None):
     """`gpu_per_trial`: as preflight resolved it ('auto' -> 1/k)."""
     from ray import tune
 
     search_alg, space = build_search_alg(cfg, space)
-    resources = {"cpu": cfg.resources.cpu_per_trial, **cfg.resources.custom}
-    if gpu_per_trial:
-        resources["gpu"] = gpu_per_trial
-    trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=context), resources)
     return tune.Tuner(
-        trainable,
+        build_trainable(cfg, context, gpu_per_trial),
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=cfg.search.metric,

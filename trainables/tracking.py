@@ -21,6 +21,7 @@ TRIAL_ID_TAG = "dpo_sweep.trial_id"
 STATUS_TAG = "dpo_sweep.status"
 FLAG_TAG = "dpo_sweep.reward_hacking"
 NODE_TAG = "dpo_sweep.node_id"  # the Ray node a trial (last) ran on
+EXPERIMENT_PATH_TAG = "dpo_sweep.experiment_path"  # on the parent: Ray's results, for resume / sync-mlflow
 PID_TAG = "dpo_sweep.worker_pid"  # the process running it there (to find, or stop, a stuck trial)
 # Opens experiments in the classic training-runs view rather than the GenAI one.
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
@@ -121,3 +122,149 @@ def find_trial_runs(client, experiment_id: str, parent_run_id: str) -> dict[str,
     """{trial id: run} of a sweep's children."""
     runs = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000)
     return {r.data.tags.get(TRIAL_ID_TAG): r for r in runs}
+
+
+# MLflow error codes that retrying cannot fix: the call itself is wrong.
+PERMANENT_ERRORS = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
+                              "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_STATE"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A tracking failure worth retrying: server down or restarting, network, a busy sqlite file."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        return exc.error_code not in PERMANENT_ERRORS
+    return isinstance(exc, (OSError, TimeoutError)) or type(exc).__name__ in ("OperationalError", "DBAPIError")
+
+
+def call_with_retries(fn, what: str, patience_s: float, log=print, retry_s: float = 5.0):
+    """`fn()`, retried on transient tracking failures for up to `patience_s` seconds (then re-raised)."""
+    deadline = time.monotonic() + patience_s
+    warned = False
+    while True:
+        try:
+            return fn()
+        except Exception as e:
+            if not is_transient(e) or time.monotonic() + retry_s > deadline:
+                raise
+            if not warned:
+                log(f"[mlflow] {what}: tracking server unreachable ({_short(e)}); retrying every {retry_s:g} s "
+                    f"for up to {patience_s:.0f} s")
+                warned = True
+            time.sleep(retry_s)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) < 160 else text[:157] + "..."
+
+
+class TrialRunLogger:
+    """A trial's MLflow logging that never holds training up.
+
+    Calls are queued in order and sent by one background thread. While the tracking server is
+    unreachable the thread retries every `retry_s` seconds and the queue grows; training goes on
+    and nothing is dropped. The child run is opened (or found again, for a restarted trial) by the
+    same thread, so a trial can even start while the server is down. Metrics are idempotent by
+    step: a step the run already has is not logged twice.
+
+    What is still queued when `close(timeout)` gives up is counted and left to the driver, which
+    fills every run in from Ray's results at the end of the sweep (and `dpo-sweep sync-mlflow`).
+    """
+
+    def __init__(self, uri: str, open_run, retry_s: float = 2.0, log=print):
+        import collections
+        import threading
+
+        self._uri, self._open_run, self._retry_s, self._log = uri, open_run, retry_s, log
+        self._ops: collections.deque = collections.deque()
+        self._cv = threading.Condition()
+        self._closing = self._abandoned = False
+        self.run_id: str | None = None
+        self.outages = 0
+        self._steps: set[int] = set()
+        self._thread = threading.Thread(target=self._loop, name="mlflow-trial-logger", daemon=True)
+        self._thread.start()
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)  # fixed now: a resent batch is the same rows, which the store dedupes
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self._put(("metrics", step, items))
+
+    def set_tag(self, key: str, value: str) -> None:
+        self._put(("tag", key, value))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._put(("text", text, artifact_file))
+
+    def _put(self, op) -> None:
+        with self._cv:
+            self._ops.append(op)
+            self._cv.notify()
+
+    @property
+    def pending(self) -> int:
+        return len(self._ops)
+
+    def close(self, timeout: float) -> int:
+        """Wait up to `timeout` s for the queue to drain; the number of calls not delivered."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join(timeout)
+        with self._cv:
+            self._abandoned = True  # a reused worker process must not keep retrying for a finished trial
+            self._cv.notify()
+        return len(self._ops)
+
+    def _apply(self, client, op) -> None:
+        kind = op[0]
+        if kind == "metrics":
+            _, step, items = op
+            if step in self._steps:
+                return
+            for i in range(0, len(items), 1000):
+                client.log_batch(self.run_id, metrics=items[i : i + 1000])
+            self._steps.add(step)
+        elif kind == "tag":
+            client.set_tag(self.run_id, op[1], op[2])
+        elif kind == "text":
+            client.log_text(self.run_id, op[1], op[2])
+
+    def _loop(self) -> None:
+        client = make_client(self._uri)
+        down_since: float | None = None
+        while True:
+            with self._cv:
+                while not self._ops and not self._closing and not self._abandoned:
+                    self._cv.wait()
+                if self._abandoned or (self._closing and not self._ops):
+                    return
+                op = self._ops[0]
+            try:
+                if self.run_id is None:
+                    self.run_id = self._open_run(client)
+                    self._steps = {int(m.step) for m in client.get_metric_history(self.run_id, "step")}
+                self._apply(client, op)
+            except Exception as e:  # noqa: BLE001 - classified below: retried or reported, never lost silently
+                if not is_transient(e):
+                    self._log(f"[mlflow] dropped a {op[0]} call MLflow refused: {_short(e)}")
+                else:
+                    if down_since is None:
+                        down_since = time.monotonic()
+                        self.outages += 1
+                        self._log(f"[mlflow] tracking server unreachable ({_short(e)}); training goes on, "
+                                  f"calls are queued and retried every {self._retry_s:g} s")
+                    with self._cv:
+                        self._cv.wait(self._retry_s)
+                    continue
+            if down_since is not None:
+                self._log(f"[mlflow] tracking server back after {time.monotonic() - down_since:.0f} s; "
+                          f"sending {len(self._ops)} queued call(s)")
+                down_since = None
+            with self._cv:
+                self._ops.popleft()

@@ -248,6 +248,27 @@ def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_
     return trainer, data, callback
 
 
+class TrialOutOfMemory(RuntimeError):
+    """A trial ran out of (GPU or host) memory; the message names the settings that fix it."""
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def out_of_memory_message(spec: TrialSpec, step: int, exc: BaseException) -> str:
+    d = spec.dpo
+    first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+    return (f"TrialOutOfMemory at step {step}: per_device_train_batch_size={d.per_device_train_batch_size}, "
+            f"max_length={d.max_length}, beta={d.beta}, learning_rate={d.learning_rate:g}. Fix: lower "
+            f"dpo.per_device_train_batch_size (raise dpo.gradient_accumulation_steps to keep the effective batch of "
+            f"{d.per_device_train_batch_size * d.gradient_accumulation_steps}) or dpo.max_length, turn on "
+            f"dpo.gradient_checkpointing, or give each trial more memory (resources.gpu_per_trial, or "
+            f"resources.max_trials_per_gpu / max_concurrent_trials lower). ({first})")
+
+
 def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, log=print,
               shared_reference: str | None = None) -> TrialResult:
     """Train one trial; `resume_from` is a checkpoint directory written by an earlier report.
@@ -261,7 +282,14 @@ def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, l
     trainer, data, callback = build_trainer(spec, report, log=log, shared_reference=shared_reference)
     if resume_from:
         callback.restore(resume_from)
-    trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except MemoryError as e:  # torch.OutOfMemoryError (CUDA, XPU) is a RuntimeError; see below
+        raise TrialOutOfMemory(out_of_memory_message(spec, trainer.state.global_step, e)) from e
+    except RuntimeError as e:
+        if not _is_oom(e):
+            raise
+        raise TrialOutOfMemory(out_of_memory_message(spec, trainer.state.global_step, e)) from e
     flagged = callback.monitor.flagged_at_step if callback.monitor else None
     return TrialResult(reports=callback.reports, flagged_at_step=flagged, last_metrics=callback.last_metrics,
                        final_checkpoint=callback.last_checkpoint, data_description=data.description,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,8 @@ from trainables.tracking import (
     FLAG_TAG,
     NODE_TAG,
     PID_TAG,
+    TrialRunLogger,
     flatten,
-    log_step_metrics,
-    make_client,
     open_trial_run,
 )
 
@@ -37,6 +37,7 @@ class SweepContext:
     parent_run_id: str
     cpu_per_trial: float
     shared_reference: str | None = None  # trainables.reference directory, when the sweep shares one
+    tracking_flush_s: float = 60.0  # at a trial's end, how long to wait for queued MLflow calls
 
 
 def trial_spec_for(context: SweepContext, params: dict[str, Any], output_dir: str) -> TrialSpec:
@@ -57,37 +58,45 @@ def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
     trial_dir = Path(ctx.get_trial_dir())
     spec = trial_spec_for(context, params, str(trial_dir / "hf"))
 
-    client = make_client(context.tracking_uri)
-    run_id = open_trial_run(
+    # Tracking never holds training up: a queue drained by a background thread (see TrialRunLogger).
+    # MLflow's own HTTP retries (minutes of backoff) would only delay that thread's own retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    tracker = TrialRunLogger(context.tracking_uri, log=_worker_log, open_run=lambda client: open_trial_run(
         client, context.experiment_id, context.parent_run_id, ctx.get_trial_id(), ctx.get_trial_name(),
         params=flatten(spec.model_dump(mode="json", exclude={"output_dir", "cache_dir"})),
         tags={SWEPT_TAG: ",".join(sorted(params)), NODE_TAG: ray.get_runtime_context().get_node_id(),
               PID_TAG: str(os.getpid()), **{f"swept.{k}": str(v) for k, v in params.items()}},
-    )
-    # A restarted trial continues its run. Each report goes to MLflow before Ray: a crash between the
-    # two leaves MLflow one step ahead of the checkpoint, and the restart repeats that step. Logging
-    # is made idempotent by step, so the run has every step exactly once.
-    logged_steps = {m.step for m in client.get_metric_history(run_id, "step")}
-    client.log_text(run_id, json.dumps(spec.model_dump(mode="json"), indent=2), "trial_spec.json")
+    ))
+    # A restarted trial continues its run, and metrics are idempotent by step: a step logged before a
+    # crash and repeated after the restart is in the run once.
+    tracker.log_text(json.dumps(spec.model_dump(mode="json"), indent=2), "trial_spec.json")
 
     flagged = False
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         nonlocal flagged
-        step = int(metrics["step"])
-        if step not in logged_steps:
-            log_step_metrics(client, run_id, metrics, step=step)
-            logged_steps.add(step)
+        tracker.log_metrics(metrics, step=int(metrics["step"]))
         if metrics.get("reward_hack_flag") and not flagged:
             flagged = True
-            client.set_tag(run_id, FLAG_TAG, f"flagged at step {metrics['step']}: {spec.reward_hacking.metric} rose "
-                                             f"{metrics['reward_hack_rel_change']:+.0%} within one epoch")
+            tracker.set_tag(FLAG_TAG, f"flagged at step {metrics['step']}: {spec.reward_hacking.metric} rose "
+                                      f"{metrics['reward_hack_rel_change']:+.0%} within one epoch")
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
 
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        run_trial(spec, report, log=lambda *_: None, shared_reference=context.shared_reference)
-    else:
-        with checkpoint.as_directory() as d:
-            run_trial(spec, report, resume_from=d, log=lambda *_: None, shared_reference=context.shared_reference)
+    try:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            run_trial(spec, report, log=lambda *_: None, shared_reference=context.shared_reference)
+        else:
+            with checkpoint.as_directory() as d:
+                run_trial(spec, report, resume_from=d, log=lambda *_: None,
+                          shared_reference=context.shared_reference)
+    finally:
+        left = tracker.close(timeout=context.tracking_flush_s)
+        if left:
+            _worker_log(f"[mlflow] {left} call(s) not delivered in {context.tracking_flush_s:.0f} s; the driver "
+                        "fills the run in from Ray's results at the end of the sweep")
+
+
+def _worker_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)  # lands in the worker's log under the Ray session dir

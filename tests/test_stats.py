@@ -1,0 +1,250 @@
+"""Statistics behind the sweep's answer, on constructed results tables with a known structure."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from orchestrator import stats
+
+matplotlib.use("Agg")
+
+METRIC = "eval_rewards_accuracies"
+BETAS, LRS = [0.05, 0.1, 0.5], [1e-5, 1e-4, 1e-3]
+
+
+def grid(effect, reps: int, seed: int = 0, sd: float = 0.02, betas=BETAS, lrs=LRS, **extra) -> pd.DataFrame:
+    """A beta x learning_rate results table: metric = effect(i, j) + N(0, sd) for beta index i, lr index j."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, beta in enumerate(betas):
+        for j, lr in enumerate(lrs):
+            for r in range(reps):
+                rows.append({"trial": f"t{len(rows)}", "beta": beta, "learning_rate": lr, "seed": r,
+                             "status": "completed", "reports": 4, METRIC: effect(i, j) + rng.normal(0, sd),
+                             "reward_hacking": "", **{k: f(i, j) for k, f in extra.items()}})
+    return pd.DataFrame(rows)
+
+
+def interacting(i, j):  # the best learning rate moves with beta: the diagonal is best
+    return 0.9 - 0.1 * abs(i - j)
+
+
+def additive(i, j):
+    return 0.6 + 0.05 * i + 0.08 * j
+
+
+def multiplicative(i, j):  # non-additive in the one form Tukey's test looks for
+    return 0.2 * (i + 1) * (j + 1)
+
+
+# ---------------------------------------------------------------------------------------------- ANOVA
+
+def test_replicated_interaction_is_found_by_full_anova():
+    r = stats.two_way_anova(grid(interacting, reps=4), METRIC)
+    assert r.method == stats.FULL_ANOVA and r.replicates == (4, 4) and r.n_used == 36 and r.n_left_out == 0
+    assert r.interaction.p < 0.01 and r.interaction.df == 4 and r.df_error == 27
+    assert 0 < r.interaction.partial_eta_sq <= 1
+    text = r.describe()
+    assert "beta x learning rate interaction: F=" in text and "4 replicates per cell" in text
+    assert "the best learning rate depends on beta" in text
+
+
+def test_replicated_additive_effects_show_no_interaction():
+    r = stats.two_way_anova(grid(additive, reps=4, seed=1), METRIC)
+    assert r.method == stats.FULL_ANOVA
+    assert r.interaction.p > 0.05
+    assert r.terms["beta"].p < 0.01 and r.terms["learning_rate"].p < 0.01  # the main effects are real
+    assert "no evidence" in r.describe()
+
+
+def test_type2_matches_statsmodels_anova_lm_on_a_complete_grid():
+    from statsmodels.formula.api import ols
+    from statsmodels.stats.anova import anova_lm
+
+    t = grid(interacting, reps=3, seed=2)
+    ref = anova_lm(ols(f"{METRIC} ~ C(beta) * C(learning_rate)", t).fit(), typ=2)
+    r = stats.two_way_anova(t, METRIC)
+    for term, row in zip(["beta", "learning_rate", "beta x learning_rate"], ref.index[:3], strict=True):
+        assert r.terms[term].f == pytest.approx(ref.loc[row, "F"])
+        assert r.terms[term].p == pytest.approx(ref.loc[row, "PR(>F)"])
+
+
+def test_failed_diverged_and_missing_cells_are_left_out_and_counted():
+    t = grid(interacting, reps=3)
+    cell = (t["beta"] == 0.5) & (t["learning_rate"] == 1e-3)
+    t.loc[cell, "status"] = ["failed", "diverged", "diverged"]  # the whole cell is gone
+    t.loc[0, METRIC] = np.nan
+    r = stats.two_way_anova(t, METRIC)
+    assert r.method == stats.FULL_ANOVA and r.n_left_out == 4 and r.n_used == 23
+    assert r.interaction.df == 3  # 4 interaction df less the empty cell
+    assert "4 trial(s) left out" in r.describe()
+
+
+def test_single_replicate_multiplicative_structure_is_found_by_tukey():
+    r = stats.two_way_anova(grid(multiplicative, reps=1), METRIC)
+    assert r.method == stats.TUKEY and r.replicates == (1, 1)
+    assert r.interaction.df == 1 and r.df_error == 3  # (3-1)(3-1) - 1
+    assert r.interaction.p < 0.01
+    assert "one trial per cell" in r.describe()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_single_replicate_additive_structure_is_not_flagged_by_tukey(seed):
+    r = stats.two_way_anova(grid(additive, reps=1, seed=seed), METRIC)
+    assert r.method == stats.TUKEY and r.interaction.p > 0.05
+
+
+def test_single_replicate_with_a_missing_cell_falls_back_to_main_effects():
+    t = grid(additive, reps=1).iloc[1:]
+    r = stats.two_way_anova(t, METRIC)
+    assert r.method == stats.ADDITIVE and r.interaction is None and "incomplete grid" in r.reason
+    assert "not testable" in r.describe()
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda: grid(additive, reps=2, betas=[0.1]), "only one value of beta (0.1)"),
+    (lambda: grid(additive, reps=2).assign(**{METRIC: np.nan}), "only 0 trial(s) with a finite"),
+    (lambda: grid(additive, reps=2).drop(columns="learning_rate"), "no column learning_rate"),
+    (lambda: grid(additive, reps=1, betas=[0.1, 0.2], lrs=[1e-4, 1e-3]).iloc[1:], "too few to separate"),
+])
+def test_degenerate_tables_give_a_reason_not_an_exception(make, reason):
+    r = stats.two_way_anova(make(), METRIC)
+    assert r.method is None and reason in r.reason and r.interaction is None
+    assert "not estimated" in r.describe()
+
+
+# ---------------------------------------------------------------------------------------------- sensitivity
+
+def test_sensitivity_ranks_a_knob_with_an_effect_above_one_without():
+    t = grid(lambda i, j: 0.5 + 0.15 * i, reps=2, sd=0.01, lrs=[1e-4, 1e-3])
+    t["label_smoothing"] = np.tile([0.0, 0.1], len(t) // 2)  # no effect at all
+    t["num_train_epochs"] = 1  # one value: left out
+    ranked = stats.sensitivity(t, METRIC, ["learning_rate", "beta", "label_smoothing", "num_train_epochs"])
+    assert ranked[0][0] == "beta" and ranked[0][1] > 0.9
+    assert "num_train_epochs" not in dict(ranked) and dict(ranked)["label_smoothing"] < 0.05
+    assert stats.swept_knobs(t, METRIC) == ["beta", "learning_rate", "label_smoothing"]  # seed is a replicate
+
+
+# ---------------------------------------------------------------------------------------------- sweet spot
+
+B4, L4 = [0.01, 0.05, 0.1, 0.5], [1e-5, 1e-4, 1e-3, 1e-2]
+SPIKE = (0.01, 1e-2)  # the single best cell, alone among poor ones
+PLATEAU = {(0.1, 1e-5): 0.90, (0.5, 1e-5): 0.905, (0.1, 1e-4): 0.895, (0.5, 1e-4): 0.90}
+
+
+def landscape(i, j):
+    key = (B4[i], L4[j])
+    if key == SPIKE:
+        return 0.92
+    if key in {(0.01, 1e-3), (0.05, 1e-2)}:
+        return 0.4
+    return PLATEAU.get(key, 0.6)
+
+
+def test_sweet_spot_prefers_a_broad_plateau_over_a_lone_spike():
+    t = grid(landscape, reps=1, sd=0.0, betas=B4, lrs=L4)
+    s = stats.robust_sweet_spot(t, METRIC, "max", ["beta", "learning_rate"])
+    assert tuple(s.values.values()) == (0.5, 1e-5)  # a corner of the plateau with two plateau neighbours
+    assert s.mean == pytest.approx(0.905) and s.score == pytest.approx((2 * 0.905 + 0.90 + 0.90) / 4)
+    assert s.n == 1 and s.se is None and s.win_rate is None
+    assert "single trial per cell, no seeds: the confidence is from neighbours only" in s.confidence
+    assert tuple(s.runner_up.values()) in PLATEAU
+    assert t[METRIC].idxmax() == t.index[(t["beta"] == SPIKE[0]) & (t["learning_rate"] == SPIKE[1])][0]
+
+
+def test_sweet_spot_honours_exclude():
+    t = grid(landscape, reps=1, sd=0.0, betas=B4, lrs=L4)
+    exclude = (t["beta"] == 0.5) & (t["learning_rate"] == 1e-5)  # e.g. drifted from the reference
+    s = stats.robust_sweet_spot(t, METRIC, "max", ["beta", "learning_rate"], exclude=exclude)
+    assert tuple(s.values.values()) in PLATEAU and tuple(s.values.values()) != (0.5, 1e-5)
+    assert stats.robust_sweet_spot(t, METRIC, "max", ["beta", "learning_rate"],
+                                   exclude=pd.Series(True, index=t.index)) is None
+    with pytest.raises(ValueError, match="knobs: need one or more columns of the results table, got \\['lr'\\]"):
+        stats.robust_sweet_spot(t, METRIC, "max", ["lr"])
+
+
+def test_sweet_spot_mode_min_and_a_diverged_neighbour_counts_as_the_worst_cell():
+    t = grid(lambda i, j: 1.0 - landscape(i, j), reps=1, sd=0.0, betas=B4, lrs=L4)  # a loss: lower is better
+    assert tuple(stats.robust_sweet_spot(t, METRIC, "min", ["beta", "learning_rate"]).values.values()) == (0.5, 1e-5)
+    t.loc[(t["beta"] == 0.5) & (t["learning_rate"] == 1e-4), ["status", METRIC]] = ["diverged", np.nan]
+    s = stats.robust_sweet_spot(t, METRIC, "min", ["beta", "learning_rate"])
+    assert tuple(s.values.values()) == (0.1, 1e-5)  # the old pick now sits next to a cliff
+
+
+def test_sweet_spot_with_replicates_reports_se_and_a_bootstrap_win_rate():
+    t = grid(interacting, reps=4, seed=3, sd=0.01)
+    t.loc[(t["beta"] == 0.1) & (t["learning_rate"] == 1e-4), METRIC] += 0.1  # the middle of the diagonal
+    s = stats.robust_sweet_spot(t, METRIC, "max", ["beta", "learning_rate"])
+    assert s.values == {"beta": 0.1, "learning_rate": 1e-4} and s.n == 4
+    assert s.se is not None and 0 < s.se < 0.01
+    assert s.win_rate is not None and s.win_rate > 0.9
+    assert "more than 2 SE behind: a clear lead" in s.confidence and "bootstrap" in s.confidence
+    assert set(s.cells.columns) >= {"beta", "learning_rate", "mean", "score", "n"} and len(s.cells) == 9
+
+
+# ---------------------------------------------------------------------------------------------- recommendation
+
+def degrading_table() -> pd.DataFrame:
+    """lr 1e-2 wrecks the policy at every beta; the best clean cell is beta 0.1, lr 1e-4."""
+    lrs = [1e-5, 1e-4, 1e-3, 1e-2]
+    return grid(lambda i, j: 0.95 - 0.05 * abs(i - 1) - 0.05 * abs(j - 1) - 0.2 * (j == 3), reps=3, seed=4,
+                sd=0.01, lrs=lrs, answer_exact_rate=lambda i, j: 0.05 if j == 3 else 0.9)
+
+
+def test_recommendation_names_the_values_the_degrading_learning_rate_and_the_interaction():
+    t = degrading_table()
+    knobs = ["beta", "learning_rate"]
+    s = stats.robust_sweet_spot(t, METRIC, "max", knobs)
+    anova = stats.two_way_anova(t, METRIC)
+    text = stats.recommendation(t, METRIC, "max", knobs, s, anova)
+    assert text.startswith("Use beta 0.1, learning rate 0.0001: eval rewards accuracies 0.9")
+    assert "3 seeds" in text
+    assert "Learning rate at or above 0.01 degraded answer exact rate at every beta tried" in text
+    assert "(it fell to 0.05, against 0.9 at best)" in text
+    assert "beta x learning rate interaction" in text
+    assert "Beta" not in text  # no beta value degrades at every learning rate
+    without = stats.recommendation(t.drop(columns="answer_exact_rate"), METRIC, "max", knobs, s, anova)
+    assert "Learning rate at or above 0.01 left eval rewards accuracies much worse at every beta tried" in without
+
+
+def test_recommendation_without_degradation_or_seeds_says_so():
+    t = grid(lambda i, j: 0.8 + 0.01 * i + 0.01 * j, reps=1, seed=1, sd=0.002)  # small effects: nothing degrades
+    s = stats.robust_sweet_spot(t, METRIC, "max", ["beta", "learning_rate"])
+    text = stats.recommendation(t, METRIC, "max", ["beta", "learning_rate"], s, stats.two_way_anova(t, METRIC))
+    assert "Use beta 0.5, learning rate 0.001" in text and "one trial" in text
+    assert "degraded" not in text and "much worse" not in text and "No evidence of a beta x learning rate interaction" in text
+    assert "Repeat the best few cells with 2-3 seeds" in text
+    assert "no recommendation" in stats.recommendation(t, METRIC, "max", ["beta"], None)
+
+
+def test_recommendation_reports_a_learning_rate_that_diverged_everywhere():
+    t = degrading_table()
+    t.loc[t["learning_rate"] == 1e-2, ["status", METRIC, "answer_exact_rate"]] = ["diverged", np.nan, np.nan]
+    s = stats.robust_sweet_spot(t, METRIC, "max", ["beta", "learning_rate"])
+    text = stats.recommendation(t, METRIC, "max", ["beta", "learning_rate"], s)
+    assert "Learning rate at or above 0.01 diverged in every trial." in text
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+def is_png(path) -> bool:
+    return path is not None and path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" \
+        and path.stat().st_size > 5_000
+
+
+def test_plots_write_pngs(tmp_path):
+    t = grid(interacting, reps=3)
+    anova = stats.two_way_anova(t, METRIC)
+    assert is_png(stats.plot_main_effects(t, METRIC, ["beta", "learning_rate"], tmp_path / "main.png"))
+    assert is_png(stats.plot_interaction_means(t, METRIC, "beta", "learning_rate", tmp_path / "inter.png", anova))
+    assert stats.plot_parallel_coordinates(t, METRIC, ["beta", "learning_rate"], tmp_path / "pc.png") is None
+    t["label_smoothing"] = np.tile([0.0, 0.1, 0.2], len(t) // 3)
+    assert is_png(stats.plot_parallel_coordinates(t, METRIC, ["beta", "learning_rate", "label_smoothing"],
+                                                  tmp_path / "pc.png"))
+    one_beta = t[t["beta"] == 0.1]
+    assert stats.plot_interaction_means(one_beta, METRIC, "beta", "learning_rate", tmp_path / "x.png") is None
+    assert stats.plot_main_effects(one_beta.assign(learning_rate=1e-4), METRIC, ["beta", "learning_rate"],
+                                   tmp_path / "y.png") is None
