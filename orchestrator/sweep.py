@@ -169,10 +169,11 @@ def finish_sweep(cfg: SweepConfig, state: SweepState, grid, tracking_uri: str, l
     patience = cfg.tracking.patience_s if tracking_patience_s is None else tracking_patience_s
 
     def sync() -> SyncCounts:
-        experiment_id = ensure_experiment(client, cfg.experiment)
+        experiment_id = ensure_experiment(client, cfg.experiment, _artifact_location(cfg, tracking_uri))
         if experiment_id != state.experiment_id or not _run_exists(client, state.parent_run_id):
-            # A different or rebuilt tracking server: a new parent run, recorded for the next sync.
-            state.experiment_id = experiment_id
+            # A different or rebuilt tracking server: a new parent run; the sweep now lives there.
+            state.experiment_id, state.tracking_uri = experiment_id, redact_uri(tracking_uri)
+            state.config["tracking"]["uri"] = redact_uri(tracking_uri)
             state.parent_run_id = start_sweep_run(client, experiment_id, state.name, flatten(_redacted(state.config)))
             state.save()
             log(f"[sweep] MLflow had no parent run for {state.name}: created {state.parent_run_id}")
@@ -194,6 +195,13 @@ def finish_sweep(cfg: SweepConfig, state: SweepState, grid, tracking_uri: str, l
         return records, analysis, None
     log(f"[sweep] {counts.describe()}")
     return records, analysis, counts
+
+
+def _artifact_location(cfg: SweepConfig, tracking_uri: str) -> str | None:
+    """A local store keeps its artifacts beside Ray's results (MLflow's default is ./mlartifacts of the cwd)."""
+    if "://" not in cfg.storage.path and is_local_uri(tracking_uri):
+        return str(Path(cfg.storage.path).resolve() / "mlartifacts")
+    return None
 
 
 def _run_exists(client, run_id: str) -> bool:
@@ -319,8 +327,7 @@ def _start_sweep(cfg: SweepConfig, pre: Preflight, client) -> SweepState:
     """MLflow experiment and parent run, and the state file beside Ray's results, before any trial."""
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     local_storage = "://" not in cfg.storage.path
-    artifact_location = (str(Path(cfg.storage.path) / "mlartifacts")
-                         if local_storage and is_local_uri(pre.tracking_uri) else None)
+    artifact_location = _artifact_location(cfg, pre.tracking_uri)
     # The driver creates DB, experiment and parent run before any trial: a fresh sqlite DB opened
     # by several processes at once can corrupt.
     experiment_id = ensure_experiment(client, cfg.experiment, artifact_location)

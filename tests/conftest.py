@@ -36,3 +36,24 @@ def make_spec(model_cache, tmp_path):
         return TrialSpec.model_validate(raw)
 
     return make
+
+
+FIGURES = pytest.StashKey[list]()
+
+
+def pytest_configure(config):
+    config.stash[FIGURES] = []
+
+
+@pytest.fixture
+def figures(request) -> list[str]:
+    """Lines of measured figures a test wants shown: printed together at the end of the run."""
+    return request.config.stash[FIGURES]
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    lines = config.stash.get(FIGURES, [])
+    if lines:
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.write_line(line)

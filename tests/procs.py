@@ -43,3 +43,27 @@ def kill_tree(pid: int) -> None:
     _, alive = psutil.wait_procs(procs, timeout=10)
     for p in alive:
         p.kill()
+
+
+def start_mlflow_server(root, port: int):
+    """A real `mlflow server` on 127.0.0.1:port over root/mlflow.db, ready when this returns. Its log is
+    appended to root/server.log, so a restart over the same root keeps one history. Stop it with kill_tree."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(root)
+    with open(root / "server.log", "a") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+             f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1"],
+            # Without these two it takes ~26 s and 2.5 GB to start here; with them ~5 s.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=log, stderr=log)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health")
+    except TimeoutError:
+        kill_tree(proc.pid)
+        raise
+    return proc

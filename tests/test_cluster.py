@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from procs import free_port, kill_tree, wait_for
+from procs import free_port, kill_tree, start_mlflow_server, wait_for
 
 from orchestrator.preflight import PreflightError, check_tracking_for_cluster, run_preflight
 from trainables.tracking import NODE_TAG, PARENT_TAG, STATUS_TAG, make_client
@@ -27,17 +27,11 @@ SECRET = "s3cr3t-mlflow-token-4242"
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    with open(root / "server.log", "w") as log:
-        proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=log, stderr=log)
-        try:
-            wait_for(f"http://127.0.0.1:{port}/health")
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            kill_tree(proc.pid)
+    proc = start_mlflow_server(root, port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        kill_tree(proc.pid)
 
 
 @pytest.fixture(scope="module")
