@@ -155,7 +155,10 @@ def print_result(result, experiment: str) -> int:
     for name, path in a.plots.items():
         print(f"  {name:16s} {path}")
     uri = redact_uri(result.tracking_uri)
-    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
+    # MLflow 3 opens a bare experiment link on its GenAI page; the runs table needs the workflow type.
+    runs_page = f"#/experiments/{result.experiment_id}/runs?workflowType=machine_learning"
+    ui = (f"mlflow ui --backend-store-uri {uri}   # then open http://127.0.0.1:5000/{runs_page}"
+          if uri.startswith("sqlite:") else f"open {uri.rstrip('/')}/{runs_page}")
     print(f"\nMLflow: experiment {experiment!r}, parent run {result.parent_run_id}\n  {ui}")
     print(f"Ray results: {result.experiment_path}")
     if not result.tracking_complete:

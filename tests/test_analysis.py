@@ -68,3 +68,19 @@ def test_diverged_trials_are_left_out_and_named(tmp_path):
     assert dict(zip(a.table["trial"], a.table["status"], strict=True)) == {"ok": COMPLETED, "nan": "diverged"}
     assert a.best["trial"] == "ok"
     assert "Diverged (a NaN or Inf loss or metric; stopped and left out): beta=0.5,learning_rate=0.01" in a.summary
+
+
+@pytest.mark.parametrize("error", [
+    "TrialOutOfMemory at step 3: per_device_train_batch_size=16, max_length=64 ...",  # ours (trainables.trial)
+    "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.",  # Ray's monitor
+])
+def test_out_of_memory_trials_are_marked_with_the_fix(tmp_path, error):
+    good = record("ok", 0.1, 1e-4, [0.6, 0.7, 0.8, 0.85])
+    oom = record("oom", 0.5, 1e-4, [0.6])
+    oom.error = error
+    other = record("bug", 0.5, 1e-3, [0.6])
+    other.error = "ValueError: something else"
+    a = analyze([good, oom, other], "eval_rewards_accuracies", "max", tmp_path)
+    assert dict(zip(a.table["trial"], a.table["status"], strict=True)) == {
+        "ok": COMPLETED, "oom": "out_of_memory", "bug": "failed"}
+    assert "Out of memory: beta=0.5,learning_rate=0.0001. Lower dpo.per_device_train_batch_size" in a.summary

@@ -17,6 +17,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,9 @@ def mlflow_server(tmp_path_factory):
              "--workers", "1"],
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=log, stderr=log)
         try:
+            started = time.monotonic()
             wait_for(f"http://127.0.0.1:{port}/health")
+            print(f"[mlflow] server pid {proc.pid} answered in {time.monotonic() - started:.1f} s", flush=True)
             yield f"http://127.0.0.1:{port}"
         finally:
             kill_tree(proc.pid)
@@ -125,10 +128,12 @@ def ui_sweep(mlflow_server, model_cache, tmp_path_factory) -> dict:
         "storage": {"path": str(root / "storage")},
     }))
     print(f"[sweep] dpo-sweep run {config} --tracking-uri {mlflow_server}", flush=True)
+    started = time.monotonic()
     out = subprocess.run([str(BIN / "dpo-sweep"), "run", str(config), "--tracking-uri", mlflow_server],
                          env={**os.environ, "DPO_SWEEP_CACHE": model_cache}, capture_output=True, text=True,
                          timeout=300, check=False)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    print(f"[sweep] done in {time.monotonic() - started:.1f} s", flush=True)
 
     client = make_client(mlflow_server)
     exp = client.get_experiment_by_name(SWEEP_NAME)

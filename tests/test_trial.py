@@ -207,3 +207,23 @@ def test_a_trial_that_goes_nan_is_stopped_and_marked_diverged(make_spec):
     assert reports[0]["diverged"] == 0 and reports[1]["diverged"] == 1
     assert not math.isfinite(reports[1]["eval_loss"])
     assert trainer.state.global_step == 16
+
+
+def test_out_of_memory_names_the_fix(make_spec, monkeypatch):
+    from trainables.sweep_trainer import SweepDPOTrainer
+    from trainables.trial import TrialOutOfMemory
+
+    real = SweepDPOTrainer.training_step
+
+    def step(self, *args, **kwargs):
+        if self.state.global_step == 3:  # the fault: the allocator gives up mid-training, as on a full GPU
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SweepDPOTrainer, "training_step", step)
+    with pytest.raises(TrialOutOfMemory) as err:
+        run_trial(make_spec("oom"), lambda m, c: None, log=quiet)
+    text = str(err.value)
+    assert text.startswith("TrialOutOfMemory at step 3: per_device_train_batch_size=16, max_length=64")
+    assert "lower dpo.per_device_train_batch_size" in text and "dpo.max_length" in text
+    assert "resources.gpu_per_trial" in text and "Tried to allocate 2.00 GiB" in text

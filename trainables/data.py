@@ -112,7 +112,9 @@ def read_rows(source: str, split: str = "train") -> tuple[list[dict], list[int],
                 raise DataError(f"{path}: no split {split!r} (splits: {', '.join(ds)}); set data.split")
             ds = ds[split]
     else:
-        looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1
+        # A hub id is 'owner/name'; a name with a data-file suffix is a file the user meant to give.
+        looks_local = (source.startswith((".", "/", "~")) or source.count("/") > 1
+                       or path.suffix.lower() in (".jsonl", ".json", ".parquet", ".csv"))
         if looks_local and not path.exists():
             raise DataError(f"data.source: {source!r} does not exist; give a file, a directory or a hub dataset id")
         try:

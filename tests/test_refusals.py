@@ -1,0 +1,154 @@
+"""Every input dpo-sweep refuses, refused the same way: exit code 2, a message naming the field, row or
+path and the fix, and no traceback. The README's table of refusals is generated from these cases
+(`python tests/test_refusals.py` prints it) and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- refusals:begin -->", "<!-- refusals:end -->"
+BAD_ROWS = """\
+{"prompt": "Q: cat\\nA:", "chosen": " CAT", "rejected": " cat"}
+{"prompt": "Q: dog\\nA:", "chosen": " dog"}
+{"prompt": "Q: emu\\nA:", "chosen": null, "rejected": " emu"}
+{"prompt": "Q: fox\\nA:", "chosen": " fox", "rejected": " fox"}
+not json
+"""
+SWEEP = "name: refusals\ntrial: {data: {source: synthetic, synthetic: {num_train: 128, num_eval: 32}}}\n"
+TINY = ["--set", "data.synthetic.num_train=128", "--set", "data.synthetic.num_eval=32"]
+
+# (what the user gave, command line, files to create). Paths are relative: each case runs in an empty dir.
+CASES = [
+    ("a value out of range", ["trial", "--set", "dpo.beta=-1"], {}),
+    ("a misspelt key", ["trial", "--set", "dpo.lr=1e-5"], {}),
+    ("a value of the wrong type", ["trial", "--set", "dpo.learning_rate=fast"], {}),
+    ("an override without '='", ["trial", "--set", "dpo.beta"], {}),
+    ("label smoothing a loss type ignores", ["trial", "--set", "dpo.loss_type=hinge", "--set",
+                                             "dpo.label_smoothing=0.2"], {}),
+    ("an unknown loss type", ["trial", "--set", "dpo.loss_type=dpo"], {}),
+    ("an unknown quantization", ["trial", "--set", "model.quantization=nf3"], {}),
+    ("a config file that does not exist", ["trial", "missing.yaml"], {}),
+    ("a config file that is not YAML", ["trial", "broken.yaml"], {"broken.yaml": "dpo: {beta: [0.1\n"}),
+    ("a config file that is not a mapping", ["trial", "list.yaml"], {"list.yaml": "- dpo\n- beta\n"}),
+    ("a data file that does not exist", ["trial", "--set", "data.source=prefs.jsonl"], {}),
+    ("bad rows in the data (all reported at once)", ["trial", "--set", "data.source=bad.jsonl"],
+     {"bad.jsonl": BAD_ROWS}),
+    ("a model directory that does not exist", ["trial", "--set", "model.name_or_path=./no-model"], {}),
+    ("more reports than optimizer steps", ["trial", *TINY, "--set", "dpo.reports_per_epoch=64"], {}),
+    ("a --resume directory that is no checkpoint", ["trial", "--resume", "."], {}),
+    ("an unknown key in the search space", ["validate", "sweep.yaml", "--set", "search.space={betta: {grid: [0.1]}}"],
+     {"sweep.yaml": SWEEP}),
+    ("an empty grid", ["validate", "sweep.yaml", "--set", "search.space={beta: {grid: []}}"], {"sweep.yaml": SWEEP}),
+    ("an unknown distribution", ["validate", "sweep.yaml", "--set", "search.space={beta: {normal: [0.1, 0.2]}}"],
+     {"sweep.yaml": SWEEP}),
+    ("a search value out of range", ["validate", "sweep.yaml", "--set", "search.space={beta: {grid: [0.1, -1]}}"],
+     {"sweep.yaml": SWEEP}),
+    ("an unknown named space", ["validate", "sweep.yaml", "--set", "search.space=beta-ladderr"], {"sweep.yaml": SWEEP}),
+    ("a metric trials never report", ["validate", "sweep.yaml", "--set", "search.metric=eval_acc"],
+     {"sweep.yaml": SWEEP}),
+    ("a search mode other than max/min", ["validate", "sweep.yaml", "--set", "search.mode=maximize"],
+     {"sweep.yaml": SWEEP}),
+    ("a GPU per trial on a machine without one", ["validate", "sweep.yaml", "--set", "resources.gpu_per_trial=1"],
+     {"sweep.yaml": SWEEP}),
+    ("more CPUs per trial than the machine has", ["validate", "sweep.yaml", "--set", "resources.cpu_per_trial=512"],
+     {"sweep.yaml": SWEEP}),
+    ("a tracking server that does not answer", ["validate", "sweep.yaml", "--tracking-uri", "http://127.0.0.1:9"],
+     {"sweep.yaml": SWEEP}),
+    ("a scheduler that does not exist", ["validate", "sweep.yaml", "--set", "scheduler.kind=hyperband"],
+     {"sweep.yaml": SWEEP}),
+    ("`resume` of a sweep that does not exist", ["resume", "no-such-sweep"], {}),
+    ("`sync-mlflow` of a directory that is no sweep", ["sync-mlflow", "."], {}),
+]
+
+
+def run_case(argv: list[str], files: dict[str, str], cwd: Path, cache: str) -> tuple[int, str]:
+    """In-process `dpo-sweep ARGV` in `cwd`: (exit code, stderr)."""
+    from orchestrator.cli import main
+
+    for name, text in files.items():
+        (cwd / name).write_text(text)
+    old_cwd, old_cache = Path.cwd(), os.environ.get("DPO_SWEEP_CACHE")
+    err, out = io.StringIO(), io.StringIO()
+    os.chdir(cwd)
+    os.environ["DPO_SWEEP_CACHE"] = cache
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            try:
+                code = main(argv)
+            except SystemExit as e:  # argparse's own refusals
+                code = e.code
+    finally:
+        os.chdir(old_cwd)
+        if old_cache is None:
+            os.environ.pop("DPO_SWEEP_CACHE", None)
+        else:
+            os.environ["DPO_SWEEP_CACHE"] = old_cache
+    return code, err.getvalue()
+
+
+def message(stderr: str) -> str:
+    """The refusal as the table shows it: the 'dpo-sweep:' lines, without progress lines."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("[")]
+    text = " ".join(ln.strip() for ln in lines)
+    return text.removeprefix("dpo-sweep: ")
+
+
+def table_row(what: str, argv: list[str], text: str) -> str:
+    cell = re.sub(r"\s+", " ", text).replace("|", "\\|")
+    return f"| {what} | `dpo-sweep {' '.join(argv)}` | {cell} |"
+
+
+def run_all(cache: str, workdir: Path) -> list[tuple[int, str]]:
+    results = []
+    for i, (_, argv, files) in enumerate(CASES):
+        cwd = workdir / str(i)
+        cwd.mkdir()
+        results.append(run_case(argv, files, cwd, cache))
+    return results
+
+
+def generate_table(results: list[tuple[int, str]]) -> str:
+    rows = ["| input | command | message |", "|---|---|---|"]
+    rows += [table_row(what, argv, message(stderr)) for (what, argv, _), (_, stderr) in zip(CASES, results)]
+    return "\n".join(rows)
+
+
+@pytest.fixture(scope="module")
+def results(model_cache, tmp_path_factory):
+    return run_all(model_cache, tmp_path_factory.mktemp("refusals"))
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[c[0] for c in CASES])
+def test_refused_with_a_message_and_no_traceback(index, results):
+    code, stderr = results[index]
+    assert code == 2, stderr
+    assert "Traceback" not in stderr and message(stderr), stderr
+
+
+def test_readme_lists_every_refusal_with_its_current_message(results):
+    readme = (ROOT / "README.md").read_text()
+    assert BEGIN in readme and END in readme, "README lacks the refusals table markers"
+    shown = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert shown == generate_table(results), (
+        "README's refusals table is out of date: regenerate it with `python tests/test_refusals.py`")
+
+
+if __name__ == "__main__":  # print the README table
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
+    from trainables.tiny_model import ensure_tiny_llama
+
+    cache = os.environ.get("DPO_SWEEP_CACHE") or tempfile.mkdtemp()
+    ensure_tiny_llama(cache, log=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        print(generate_table(run_all(cache, Path(tmp))))
