@@ -64,10 +64,16 @@ class SweepAnalysis:
     table: pd.DataFrame
     metric: str
     mode: str
-    best: dict[str, Any] | None
+    best: dict[str, Any] | None  # the best single trial (its adapter is the one to take)
     summary: str
     plots: dict[str, Path] = field(default_factory=dict)
     table_path: Path | None = None
+    knobs: list[str] = field(default_factory=list)
+    sweet_spot: Any = None  # stats.SweetSpot: the best region, not the luckiest cell
+    anova: Any = None  # stats.AnovaResult of the metric on beta x learning_rate (or the two knobs swept)
+    sensitivity: list[tuple[str, float]] = field(default_factory=list)
+    recommendation: str = ""
+    reports: list[Path] = field(default_factory=list)  # report.html, report.md once written
 
 
 def results_table(records: list[TrialRecord], metric: str) -> pd.DataFrame:
@@ -210,6 +216,8 @@ def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
             max_abs_logratio: float | None = None) -> SweepAnalysis:
     import matplotlib
 
+    from orchestrator import stats
+
     matplotlib.use("Agg")
     out_dir.mkdir(parents=True, exist_ok=True)
     table = results_table(records, metric)
@@ -217,21 +225,56 @@ def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
     best = pick_best(table, metric, mode, max_abs_logratio)
     table_path = out_dir / "results.csv"
     table.to_csv(table_path, index=False)
+
+    knobs = stats.swept_knobs(table, metric) if len(table) else []
+    x, line = _axes_keys(knobs)
+    anova = stats.two_way_anova(table, metric, a=line, b=x) if x and line else None
+    ineligible = (drifted(table, max_abs_logratio) | (table["status"] == DIVERGED)) if len(table) else None
+    spot = stats.robust_sweet_spot(table, metric, mode, knobs, exclude=ineligible) if knobs else None
+    sensitivity = stats.sensitivity(table, metric, knobs) if knobs else []
+    advice = stats.recommendation(table, metric, mode, knobs, spot, anova) if knobs else ""
+    # Where the plots put the sweet spot (knobs that did not vary keep their one value).
+    marked = {**{p: table[p].iloc[0] for p in params}, **spot.values, metric: spot.mean} if spot else best
+
     plots: dict[str, Path] = {}
     if params and len(table):
-        plots["interaction"] = plot_interaction(table, params, metric, best, out_dir / "interaction.png")
-        heat = plot_heatmap(table, params, metric, best, out_dir / "heatmap.png")
+        plots["interaction"] = plot_interaction(table, params, metric, marked, out_dir / "interaction.png")
+        heat = plot_heatmap(table, params, metric, marked, out_dir / "heatmap.png")
         if heat:
             plots["heatmap"] = heat
+        extra = {
+            "main_effects": stats.plot_main_effects(table, metric, knobs, out_dir / "main_effects.png"),
+            "parallel_coordinates": stats.plot_parallel_coordinates(table, metric, knobs,
+                                                                    out_dir / "parallel_coordinates.png"),
+        }
+        if anova is not None and anova.replicates[1] > 1:  # with seeds: means with error bars and the p-value
+            extra["interaction_means"] = stats.plot_interaction_means(table, metric, line, x,
+                                                                      out_dir / "interaction_means.png", anova=anova)
+        plots.update({k: v for k, v in extra.items() if v})
     plots["learning_curves"] = plot_learning_curves(records, metric, out_dir / "learning_curves.png")
 
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     lines = [f"{len(table)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())]
-    if best:
+    if spot:
+        lines.append(f"Sweet spot: {', '.join(f'{k}={_fmt(v)}' for k, v in spot.values.items())} -> {metric} "
+                     f"{spot.mean:.4f} (neighbourhood average {spot.score:.4f}, {spot.n} trial(s) in the cell)")
+    elif best:
         where = ", ".join(f"{k}={_fmt(best[k])}" for k in params)
         lines.append(f"Sweet spot: {where} -> {metric} {best[metric]:.4f} (trial {best['trial']})")
     else:
         lines.append(f"No trial reported {metric}: no sweet spot.")
+    if best and spot:
+        where = ", ".join(f"{k}={_fmt(best[k])}" for k in params)
+        lines.append(f"Best single trial: {where} -> {metric} {best[metric]:.4f} (trial {best['trial']}; its "
+                     "adapter is the run's best_adapter)")
+    if advice:
+        lines.append(f"Recommendation: {advice}")
+    if anova is not None:
+        lines.append(anova.describe())
+    if len(sensitivity) > 1:
+        lines.append(f"Knobs by influence on {metric} (eta^2): "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in sensitivity))
+
     def names(rows: pd.DataFrame) -> str:
         return "; ".join(",".join(f"{k}={_fmt(row[k])}" for k in params) for _, row in rows.iterrows())
 
@@ -253,4 +296,5 @@ def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
             lines.append(f"Reward-hacking flag (held-out reward metric up > threshold within an epoch) on "
                          f"{len(flagged)}/{len(table)} trial(s): {names(flagged)}")
     return SweepAnalysis(table=table, metric=metric, mode=mode, best=best, summary="\n".join(lines), plots=plots,
-                         table_path=table_path)
+                         table_path=table_path, knobs=knobs, sweet_spot=spot, anova=anova, sensitivity=sensitivity,
+                         recommendation=advice)

@@ -238,6 +238,29 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.sweep import build_analysis, load_results
+    from orchestrator.tracking_sync import log_analysis
+    from trainables.tracking import call_with_retries, default_tracking_uri, is_transient, make_client
+
+    state, cfg = _state_and_config(args)
+    _, analysis = build_analysis(cfg, state, load_results(state.experiment_path))
+    html_path, md_path = analysis.reports
+    print(f"{analysis.summary}\n\nReport: {html_path}\n        {md_path}")
+    client = make_client(cfg.tracking.uri or default_tracking_uri(cfg.storage.path))
+    try:
+        call_with_retries(lambda: log_analysis(client, state.parent_run_id, analysis), "logging the report",
+                          patience_s=args.patience, log=_log)
+    except Exception as e:
+        if not is_transient(e) and "RESOURCE_DOES_NOT_EXIST" not in str(getattr(e, "error_code", "")):
+            raise
+        _log(f"dpo-sweep: report written, but not logged to MLflow run {state.parent_run_id} ({e}); "
+             f"`dpo-sweep sync-mlflow {state.experiment_path}` logs it once the run is reachable")
+        return 3
+    print(f"Logged to MLflow run {state.parent_run_id} (artifacts: analysis/)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dpo-sweep",
@@ -302,6 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--patience", type=float, default=60,
                       help="seconds to keep retrying an unreachable tracking server (default 60)")
     sync.set_defaults(func=cmd_sync_mlflow)
+
+    report = sub.add_parser("report", help="regenerate a sweep's report (HTML + Markdown) from Ray's results",
+                            description="Rebuild a finished (or interrupted) sweep's analysis and report from Ray's "
+                                        "results, without re-running anything: the recommendation in plain words, "
+                                        "the sweet spot and how sure it is, the beta x learning-rate ANOVA, knob "
+                                        "sensitivity, reward-hacking flags, the plots and the results table. Writes "
+                                        "report.html (self-contained, plots embedded) and report.md beside the "
+                                        "analysis and logs them to the sweep's parent MLflow run.")
+    experiment_arg(report)
+    report.add_argument("--patience", type=float, default=30,
+                        help="seconds to keep retrying an unreachable tracking server (default 30)")
+    report.set_defaults(func=cmd_report)
 
     spaces = sub.add_parser("spaces", help="list the named search spaces")
     spaces.set_defaults(func=cmd_spaces)

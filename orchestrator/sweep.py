@@ -157,14 +157,25 @@ def analysis_dir(cfg: SweepConfig, state: SweepState) -> Path:
     return Path.cwd() / "dpo-sweep-output" / state.name / "analysis"
 
 
+def build_analysis(cfg: SweepConfig, state: SweepState, grid) -> tuple[list[TrialRecord], SweepAnalysis]:
+    """Records, analysis files and the report, all local: they never wait on MLflow."""
+    from orchestrator.report import write_report
+
+    records = records_from_results(grid, cfg)
+    out = analysis_dir(cfg, state)
+    analysis = analyze(records, cfg.search.metric, cfg.search.mode, out, max_abs_logratio=cfg.analysis.max_abs_logratio)
+    (out / SWEEP_FILE).write_text(json.dumps(asdict(state), indent=2))
+    analysis.reports = list(write_report(analysis, out, f"dpo-sweep: {state.name}", {
+        "Ray results": state.experiment_path, "MLflow": f"{state.tracking_uri}, experiment {cfg.experiment!r}, "
+        f"parent run {state.parent_run_id}", "regenerate": f"dpo-sweep report {state.experiment_path}"}))
+    return records, analysis
+
+
 def finish_sweep(cfg: SweepConfig, state: SweepState, grid, tracking_uri: str, log=print,
                  tracking_patience_s: float | None = None) -> tuple[list[TrialRecord], SweepAnalysis, SyncCounts | None]:
     """Records, analysis (written locally first: it never waits on MLflow), then MLflow brought up to date
     with Ray's results and the parent run closed. SyncCounts is None when MLflow stayed unreachable."""
-    records = records_from_results(grid, cfg)
-    analysis = analyze(records, cfg.search.metric, cfg.search.mode, analysis_dir(cfg, state),
-                       max_abs_logratio=cfg.analysis.max_abs_logratio)
-    (analysis.table_path.parent / SWEEP_FILE).write_text(json.dumps(asdict(state), indent=2))
+    records, analysis = build_analysis(cfg, state, grid)
     client = make_client(tracking_uri)
     patience = cfg.tracking.patience_s if tracking_patience_s is None else tracking_patience_s
 

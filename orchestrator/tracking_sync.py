@@ -106,7 +106,7 @@ def sync_trial_runs(client, experiment_id: str, parent_run_id: str, records: lis
 
 def log_analysis(client, run_id: str, analysis: SweepAnalysis) -> None:
     """The analysis files on the parent run (re-logging replaces them: artifacts are keyed by path)."""
-    for path in [analysis.table_path, *analysis.plots.values()]:
+    for path in [analysis.table_path, *analysis.plots.values(), *analysis.reports]:
         if path:
             client.log_artifact(run_id, str(path), "analysis")
     client.log_text(run_id, analysis.summary + "\n", "analysis/summary.txt")
