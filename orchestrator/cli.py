@@ -151,9 +151,10 @@ def print_result(result, experiment: str) -> int:
     print("\nResults (" + a.metric + " at each trial's last report):")
     print(a.table[["trial", *shown]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print("\n" + a.summary)
-    print(f"\nPlots and table: {a.table_path.parent}")
+    print(f"\nReport: {a.reports[0]}" if a.reports else "")
+    print(f"Plots and table: {a.table_path.parent}")
     for name, path in a.plots.items():
-        print(f"  {name:16s} {path}")
+        print(f"  {name:20s} {path}")
     uri = redact_uri(result.tracking_uri)
     # MLflow 3 opens a bare experiment link on its GenAI page; the runs table needs the workflow type.
     runs_page = f"#/experiments/{result.experiment_id}/runs?workflowType=machine_learning"

@@ -87,3 +87,36 @@ def test_out_of_memory_trials_are_marked_with_the_fix(tmp_path, error):
     assert dict(zip(a.table["trial"], a.table["status"], strict=True)) == {
         "ok": COMPLETED, "oom": "out_of_memory", "bug": "failed"}
     assert "Out of memory: beta=0.5,learning_rate=0.0001. Lower dpo.per_device_train_batch_size" in a.summary
+
+
+def replicated(effect) -> list[TrialRecord]:
+    """3 x 3 beta x learning_rate, 3 seeds per cell; `effect(i, j)` is the cell's true accuracy."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    recs = []
+    for i, beta in enumerate((0.01, 0.1, 0.5)):
+        for j, lr in enumerate((5e-5, 5e-4, 5e-3)):
+            for seed in range(3):
+                acc = effect(i, j) + rng.normal(0, 0.01)
+                r = record(f"{i}{j}{seed}", beta, lr, [0.5, 0.6, 0.7, acc])
+                r.params["dpo.seed"] = seed
+                recs.append(r)
+    return recs
+
+
+def test_a_known_interaction_is_detected_and_explained(tmp_path):
+    # The best learning rate moves with beta: high lr only works at high beta.
+    a = analyze(replicated(lambda i, j: 0.9 - 0.15 * abs(i - j)), "eval_rewards_accuracies", "max", tmp_path)
+    assert a.anova.method == "two-way ANOVA" and a.anova.interaction.p < 0.001
+    assert "the best learning rate depends on beta" in a.summary
+    assert "interaction is strong" in a.recommendation and "3 seeds" in a.recommendation
+    assert a.plots["interaction_means"].is_file()
+    assert a.knobs == ["beta", "learning_rate"]  # the seed is a replicate, not a knob
+
+
+def test_no_interaction_is_not_reported_as_one(tmp_path):
+    a = analyze(replicated(lambda i, j: 0.6 + 0.1 * i + 0.05 * j), "eval_rewards_accuracies", "max", tmp_path)
+    assert a.anova.interaction.p > 0.05
+    assert "no evidence that the best learning rate depends on beta" in a.summary
+    assert a.sweet_spot.values == {"beta": 0.5, "learning_rate": 5e-3}

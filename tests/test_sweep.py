@@ -78,6 +78,24 @@ def test_results_table_and_best_trial(asha_sweep):
         assert path.is_file()
 
 
+def test_report_regenerates_from_ray_results_and_lands_on_the_parent_run(asha_sweep):
+    _, result = asha_sweep
+    html_path = result.analysis.table_path.parent / "report.html"
+    html_path.unlink()  # regenerated from Ray's results alone
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "report", result.experiment_path],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    page = html_path.read_text()
+    assert page.count("data:image/png;base64,") >= 3 and "<h2>Recommendation</h2>" in page  # self-contained
+    assert "Use beta" in page and "learning rate" in page
+    md = (html_path.parent / "report.md").read_text()
+    assert "## Recommendation" in md and "![heatmap](heatmap.png)" in md and "| trial |" in md
+    client = make_client(result.tracking_uri)
+    files = {a.path for a in client.list_artifacts(result.parent_run_id, "analysis")}
+    assert {"analysis/report.html", "analysis/report.md", "analysis/main_effects.png"} <= files
+    assert client.get_run(result.parent_run_id).info.status == "FINISHED"
+
+
 def test_asha_stops_the_corner_that_cannot_learn(asha_sweep):
     _, result = asha_sweep
     client = make_client(result.tracking_uri)
