@@ -42,6 +42,17 @@ class TrialRecord:
                     and self.history["reward_hack_flag"].fillna(0).max() > 0)
 
     @property
+    def flag_signal(self) -> str:
+        """The signal that flagged the trial ('' when none did)."""
+        if not self.flagged:
+            return ""
+        if "reward_hack_signal" in self.history:
+            named = self.history["reward_hack_signal"].dropna()
+            if len(named):
+                return str(named.iloc[-1])
+        return "flagged"
+
+    @property
     def status(self) -> str:
         if self.error:
             return OUT_OF_MEMORY if any(m in self.error for m in OOM_MARKERS) else FAILED
@@ -85,7 +96,7 @@ def results_table(records: list[TrialRecord], metric: str) -> pd.DataFrame:
         for extra in ("answer_exact_rate", "eval_logps_chosen", "eval_abs_logratio", "eval_loss"):
             if extra in r.history and extra != metric:
                 row[extra] = r.last(extra)
-        row["reward_hacking"] = "flagged" if r.flagged else ""
+        row["reward_hacking"] = r.flag_signal  # which signal flagged it, '' for none
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -139,7 +150,7 @@ def plot_interaction(table: pd.DataFrame, params: list[str], metric: str, best: 
         ax.plot(agg.index, agg.values, marker="o", label=f"{line}={_fmt(value)}" if line else metric)
         stopped = g[g["status"] != COMPLETED]
         ax.scatter(stopped[x], stopped[metric], s=90, facecolors="none", edgecolors="grey", zorder=3)
-        hacked = g[g["reward_hacking"] == "flagged"]
+        hacked = g[g["reward_hacking"] != ""]
         ax.scatter(hacked[x], hacked[metric], marker="x", s=70, color="red", zorder=4)
     if best:
         ax.scatter([best[x]], [best[metric]], marker="*", s=260, color="gold", edgecolors="black", zorder=5,
@@ -174,7 +185,7 @@ def plot_heatmap(table: pd.DataFrame, params: list[str], metric: str, best: dict
             v = grid.values[i, j]
             cell = table[(table[y] == yv) & (table[x] == xv)]
             mark = " (stopped)" if len(cell) and (cell["status"] != COMPLETED).all() else ""
-            mark += " !" if (cell["reward_hacking"] == "flagged").any() else ""
+            mark += " !" if (cell["reward_hacking"] != "").any() else ""
             ax.text(j, i, ("-" if math.isnan(v) else f"{v:.3f}") + mark, ha="center", va="center", fontsize=8,
                     color="white")
     if best:
@@ -291,10 +302,11 @@ def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
         if len(far):
             lines.append(f"Left out of the sweet spot, policy more than {max_abs_logratio:g} nats from the reference "
                          f"(mean |log pi - log pi_ref| on held-out completions): {names(far)}")
-        flagged = table[table["reward_hacking"] == "flagged"]
+        flagged = table[table["reward_hacking"] != ""]
         if len(flagged):
-            lines.append(f"Reward-hacking flag (held-out reward metric up > threshold within an epoch) on "
-                         f"{len(flagged)}/{len(table)} trial(s): {names(flagged)}")
+            by = ", ".join(f"{sig} {n}" for sig, n in flagged["reward_hacking"].value_counts().items())
+            lines.append(f"Reward-hacking flag on {len(flagged)}/{len(table)} trial(s) (by signal: {by}): "
+                         f"{names(flagged)}")
     return SweepAnalysis(table=table, metric=metric, mode=mode, best=best, summary="\n".join(lines), plots=plots,
                          table_path=table_path, knobs=knobs, sweet_spot=spot, anova=anova, sensitivity=sensitivity,
                          recommendation=advice)

@@ -57,7 +57,7 @@ class MetricPrinter:
                 parts.append(f"{label} {metrics[key]:.3f}")
         parts.append(f"{time.monotonic() - self.start:6.1f}s")
         if metrics.get("reward_hack_flag"):
-            parts.append("REWARD-HACKING FLAG")
+            parts.append(f"REWARD-HACKING FLAG ({metrics.get('reward_hack_signal')})")
         print(" | ".join(parts), file=self.out, flush=True)
 
 

@@ -28,7 +28,7 @@ class ProgressPrinter(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
-        extra = " REWARD-HACKING FLAG" if result.get("reward_hack_flag") else ""
+        extra = f" REWARD-HACKING FLAG ({result.get('reward_hack_signal')})" if result.get("reward_hack_flag") else ""
         answers = f" answers {result['answer_exact_rate']:.2f}" if "answer_exact_rate" in result else ""
         shown = f"{value:.3f}" if isinstance(value, float) else value
         self._line(f"report {trial} #{result.get('training_iteration')} step {result.get('step')} "

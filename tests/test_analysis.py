@@ -11,7 +11,8 @@ from orchestrator.analysis import COMPLETED, STOPPED, TrialRecord, analyze
 def record(tid, beta, lr, accs, expected=4, flag=False, drift=0.1):
     steps = list(range(10, 10 * len(accs) + 1, 10))
     hist = pd.DataFrame({"step": steps, "eval_rewards_accuracies": accs, "eval_abs_logratio": [drift] * len(accs),
-                         "reward_hack_flag": [float(flag)] * len(accs)})
+                         "reward_hack_flag": [float(flag)] * len(accs),
+                         "reward_hack_signal": ["chosen_logp_drop" if flag else None] * len(accs)})
     return TrialRecord(trial_id=tid, params={"beta": beta, "learning_rate": lr}, history=hist,
                        expected_reports=expected)
 
@@ -36,7 +37,7 @@ def test_table_statuses_best_and_plots(records, tmp_path):
     assert "Sweet spot: beta=0.1, learning_rate=0.0001 -> eval_rewards_accuracies 0.8500" in a.summary
     assert "Best single trial: beta=0.1, learning_rate=0.001" in a.summary
     assert a.recommendation.startswith("Use beta 0.1, learning rate 0.0001")
-    assert "Reward-hacking flag (held-out reward metric up > threshold within an epoch) on 1/4" in a.summary
+    assert "Reward-hacking flag on 1/4 trial(s) (by signal: chosen_logp_drop 1)" in a.summary
     assert pd.read_csv(a.table_path).shape[0] == 4
     for name in ("interaction", "heatmap", "learning_curves"):
         assert a.plots[name].is_file() and a.plots[name].stat().st_size > 10_000

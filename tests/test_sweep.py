@@ -114,13 +114,14 @@ def test_reward_hacking_flag_fast_learner_flagged_slow_one_not(model_cache, tmp_
     result = run_sweep(cfg, log=lambda *_: None, progress=False)
     by_lr = {r.params["learning_rate"]: r for r in result.records}
     assert by_lr[5e-3].flagged and not by_lr[1e-6].flagged
-    assert by_lr[1e-6].status == COMPLETED  # it ran all its reports, and never rose > 10% within an epoch
+    assert by_lr[1e-6].status == COMPLETED  # it ran all its reports; its answers never lost probability
     client = make_client(result.tracking_uri)
     tags = {r.data.params["dpo.learning_rate"]: r.data.tags for r in client.search_runs(
         [result.experiment_id], f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'")}
     assert tags["0.005"][FLAG_TAG].startswith("flagged at step")
     assert FLAG_TAG not in tags["1e-06"]
-    assert "flagged" in set(result.analysis.table["reward_hacking"])
+    assert tags["0.005"][FLAG_TAG].split(":")[0].endswith("by chosen_logp_drop")  # the calibrated default
+    assert set(result.analysis.table["reward_hacking"]) == {"chosen_logp_drop", ""}
 
 
 def test_gpu_request_on_a_cpu_machine_is_refused_not_left_pending(model_cache, tmp_path):

@@ -138,13 +138,31 @@ def loss_problems(loss_type: Any, label_smoothing: Any) -> list[str]:
     return []
 
 
+HACKING_SIGNALS = ("chosen_logp_drop", "drift", "train_up_eval_down", "reward_rise")
+
+
 class RewardHackingSettings(StrictModel):
-    """The practitioner's rule: a held-out reward metric improving by more than `threshold` (relative)
-    within one epoch means the learning rate is probably too high."""
+    """When a trial is flagged as reward hacking: its policy degrading while its reward looks fine.
+
+    Signals (any that fires flags; the flag says which): `chosen_logp_drop` - the held-out chosen
+    log-prob fell below its running peak; `drift` - mean |log pi - log pi_ref| on held-out completions;
+    `train_up_eval_down` - the train reward margin rose while held-out accuracy fell; `reward_rise` - the
+    practitioner's rule, a held-out reward metric up more than `threshold` within one epoch. The default
+    is the signal that measured best against ground truth on the synthetic benchmark
+    (benchmarks/detector_calibration.py); the practitioner's rule fired in epoch 1 of every trial
+    there, so it is opt-in.
+    """
 
     enabled: bool = True
-    metric: str = Field("eval_rewards_margins", description="Held-out reward metric watched, as reported.")
-    threshold: float = Field(0.10, gt=0, description="Relative rise within one epoch that flags (0.10 = 10%).")
+    signals: list[Literal[HACKING_SIGNALS]] = Field(  # type: ignore[valid-type]
+        ["chosen_logp_drop"], min_length=1, description=f"Any of {', '.join(HACKING_SIGNALS)}.")
+    chosen_logp_drop: float = Field(0.1, gt=0, description="Nats the held-out chosen log-prob may fall below its "
+                                    "running peak (calibrated on the synthetic task's short answers).")
+    drift: float = Field(2.0, gt=0, description="Nats of mean |log pi - log pi_ref| on held-out completions.")
+    train_up_eval_down: float = Field(0.03, gt=0, description="Fall of held-out accuracy between reports while "
+                                      "the train reward margin rises.")
+    metric: str = Field("eval_rewards_margins", description="reward_rise: the held-out reward metric watched.")
+    threshold: float = Field(0.10, gt=0, description="reward_rise: relative rise within one epoch (0.10 = 10%).")
     action: Literal["flag", "stop"] = Field("flag", description="'flag' tags the trial; 'stop' also ends it.")
 
 

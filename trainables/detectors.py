@@ -11,8 +11,12 @@ so it can run after the fact on a stored history or inside a trial on the histor
 never looks ahead: whether it fires at report i depends only on reports 0..i). `fired_step` turns the
 index into the trial's optimizer step. A report missing the detector's metric is skipped.
 
-Calibrated on the synthetic benchmark (`benchmarks/detector_calibration.py`); the defaults are the
-thresholds that benchmark chose, the practitioner's rule keeps its textbook 10%.
+Calibrated on the synthetic benchmark (`benchmarks/detector_calibration.py`: 144 tiny-llama trials, beta x lr x
+label noise, thresholds chosen on seeds 0-2, scored on seeds 3-5). The defaults are its choices for answer-quality
+collapse: `chosen_logp_drop` 1 nat (held-out P 0.92, R 0.96), `drift` 2 nats (P 0.83, R 1.00),
+`train_up_eval_down` 0.03. With degradation defined more broadly (answers down 0.2 OR clean accuracy down 0.05
+from the peak) `chosen_logp_drop` at 0.1 nat measured best (P 0.86, R 0.94). The practitioner's rule
+(`reward_rise`) keeps its textbook 10%, at which it fired in epoch 1 of every one of the 144 trials.
 
     python -c "from trainables.detectors import chosen_logp_drop; \\
 print(chosen_logp_drop([{'eval_logps_chosen': -2.0}, {'eval_logps_chosen': -4.5}], 1.0))"   # -> 1
@@ -69,7 +73,7 @@ def chosen_logp_drop(history: History, threshold: float = 1.0, metric: str = "ev
     return None
 
 
-def drift(history: History, threshold: float = 1.4, metric: str = "eval_abs_logratio") -> int | None:
+def drift(history: History, threshold: float = 2.0, metric: str = "eval_abs_logratio") -> int | None:
     """(c) Mean |log pi - log pi_ref| over held-out completions above `threshold` nats: the policy
     left the neighbourhood of the reference that beta was meant to keep it in."""
     for i, v in _series(history, metric):
@@ -78,7 +82,7 @@ def drift(history: History, threshold: float = 1.4, metric: str = "eval_abs_logr
     return None
 
 
-def train_up_eval_down(history: History, threshold: float = 0.0, window: int = 1,
+def train_up_eval_down(history: History, threshold: float = 0.03, window: int = 1,
                        train_metric: str = "train_rewards_margins",
                        eval_metric: str = "eval_rewards_accuracies") -> int | None:
     """(d) Overfitting the training preferences: over the last `window` reports the train reward margin
@@ -105,7 +109,7 @@ def earliest(*indices: int | None) -> int | None:
     return min(fired) if fired else None
 
 
-def logp_drop_or_drift(history: History, logp_threshold: float = 1.0, drift_threshold: float = 1.4) -> int | None:
+def logp_drop_or_drift(history: History, logp_threshold: float = 1.0, drift_threshold: float = 2.0) -> int | None:
     """(b) OR (c)."""
     return earliest(chosen_logp_drop(history, logp_threshold), drift(history, drift_threshold))
 

@@ -1,52 +1,96 @@
-"""The reward-hacking flag of one trial, epoch over epoch on a held-out metric.
+"""The reward-hacking flag of one trial: the detectors of `trainables.detectors` run at every report.
 
-The practitioner's rule: a reward metric that improves by more than 10% within one epoch means
-the learning rate is probably too high. At every report the watched metric is compared with its
-value one epoch earlier (`reports_per_epoch` reports back; in the first epoch, with the first
-report's value):
+At each report the monitor keeps the few metrics the detectors read, runs every enabled signal
+(`reward_hacking.signals`) over the history so far, and flags the trial the first time any fires,
+saying which signal and what it saw. Detectors never look ahead, so a flag raised here is the one
+the same detector would raise on the finished history.
 
-    relative change = (now - one epoch ago) / |one epoch ago|
+The default signal is the held-out chosen log-prob falling below its running peak: on the synthetic
+benchmark, against ground truth (answer quality down >= 0.2 or clean held-out accuracy down >= 0.05
+from its peak), it measured precision 0.86 and recall 0.94 on held-out seeds. The practitioner's rule
+(`reward_rise`: a held-out reward metric up more than 10% within an epoch) fired in the first epoch
+of all 144 trials there; it is available, not the default. Its relative change is reported at
+every report either way (`reward_hack_rel_change`), as context.
 
-The first epoch's window starts at the first report, not before training: a fresh adapter is the
-identity, where every reward metric is 0 (TRL's strict '>' even reports accuracy 0), so a relative
-change from there means nothing.
-
-Beside it every report carries the held-out chosen log-prob (`eval_logps_chosen`) and the mean
-|log pi - log pi_ref| (`eval_abs_logratio`), the signals that predicted answer-quality collapse
-on the synthetic benchmark; which detector to trust is for the analysis to show.
+The first epoch's window of the practitioner's rule starts at the first report, not before
+training: a fresh adapter is the identity, where every reward metric is 0 (TRL's strict '>' even
+reports accuracy 0), so a relative change from there means nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
+from trainables import detectors
 from trainables.config import RewardHackingSettings
 
 EPS = 1e-8
+WATCHED = ("step", "eval_logps_chosen", "eval_abs_logratio", "train_rewards_margins", "eval_rewards_accuracies")
+
+
+def fire_index(name: str, settings: RewardHackingSettings, history: list[dict], reports_per_epoch: int) -> int | None:
+    if name == "chosen_logp_drop":
+        return detectors.chosen_logp_drop(history, settings.chosen_logp_drop)
+    if name == "drift":
+        return detectors.drift(history, settings.drift)
+    if name == "train_up_eval_down":
+        return detectors.train_up_eval_down(history, settings.train_up_eval_down)
+    return detectors.reward_rise(history, settings.threshold, reports_per_epoch, settings.metric)
+
+
+def describe(name: str, settings: RewardHackingSettings, history: list[dict], index: int) -> str:
+    """What the signal saw, in words, at the report where it fired."""
+    now = history[index]
+    if name == "chosen_logp_drop":
+        peak = max(h["eval_logps_chosen"] for h in history[: index + 1] if "eval_logps_chosen" in h)
+        return (f"held-out chosen log-prob fell {peak - now['eval_logps_chosen']:.2f} nats below its peak "
+                f"(threshold {settings.chosen_logp_drop:g})")
+    if name == "drift":
+        return (f"mean |log pi - log pi_ref| on held-out completions reached {now['eval_abs_logratio']:.2f} nats "
+                f"(threshold {settings.drift:g})")
+    if name == "train_up_eval_down":
+        fall = history[index - 1]["eval_rewards_accuracies"] - now["eval_rewards_accuracies"]
+        return (f"train reward margin rose while held-out accuracy fell {fall:.3f} "
+                f"(threshold {settings.train_up_eval_down:g})")
+    return f"{settings.metric} rose more than {settings.threshold:.0%} within one epoch"
 
 
 @dataclass
 class RewardHackingMonitor:
     settings: RewardHackingSettings
     reports_per_epoch: int
-    history: list[float] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
     flagged_at_step: int | None = None
-    max_rel_change: float = float("-inf")
+    signal: str | None = None
+    detail: str | None = None
 
-    def update(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Metrics to add to this report: the window's relative change and whether the trial is flagged."""
-        value = metrics.get(self.settings.metric)
-        if value is None:
-            return {}
-        back = self.reports_per_epoch
-        start = self.history[-back] if len(self.history) >= back else (self.history[0] if self.history else value)
-        self.history.append(float(value))
-        rel = (value - start) / max(abs(start), EPS)
-        self.max_rel_change = max(self.max_rel_change, rel)
-        if rel > self.settings.threshold and self.flagged_at_step is None:
-            self.flagged_at_step = int(metrics.get("step", len(self.history)))
-        return {"reward_hack_rel_change": rel, "reward_hack_flag": float(self.flagged_at_step is not None),
-                "reward_hack_stop": float(self.should_stop)}
+    def update(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Metrics to add to this report: per-signal flags, the flag, which signal, and the practitioner's
+        rule's relative change (context)."""
+        keys = (*WATCHED, self.settings.metric)
+        self.history.append({k: float(metrics[k]) for k in keys if isinstance(metrics.get(k), (int, float))})
+        out: dict[str, Any] = {}
+        rise = [h[self.settings.metric] for h in self.history if self.settings.metric in h]
+        if self.settings.metric in self.history[-1]:
+            back = self.reports_per_epoch
+            start = rise[-back - 1] if len(rise) > back else rise[0]
+            out["reward_hack_rel_change"] = (rise[-1] - start) / max(abs(start), EPS)
+        fired = {}
+        for name in self.settings.signals:
+            index = fire_index(name, self.settings, self.history, self.reports_per_epoch)
+            out[f"reward_hack_{name}"] = float(index is not None)
+            if index is not None:
+                fired[name] = index
+        if fired and self.flagged_at_step is None:
+            name = min(fired, key=lambda n: (fired[n], self.settings.signals.index(n)))
+            self.flagged_at_step = detectors.fired_step(self.history, fired[name])
+            self.signal, self.detail = name, describe(name, self.settings, self.history, fired[name])
+        out.update({"reward_hack_flag": float(self.flagged_at_step is not None),
+                    "reward_hack_stop": float(self.should_stop)})
+        if self.signal:
+            out["reward_hack_signal"], out["reward_hack_detail"] = self.signal, self.detail
+        return out
 
     @property
     def should_stop(self) -> bool:
@@ -59,4 +103,7 @@ class RewardHackingMonitor:
 
     @classmethod
     def from_state(cls, settings: RewardHackingSettings, state: dict) -> RewardHackingMonitor:
-        return cls(settings=settings, **state)
+        known = {k: v for k, v in state.items() if k in cls.__dataclass_fields__}
+        if known.get("history") and not isinstance(known["history"][0], dict):  # checkpoints of older versions
+            known.pop("history")
+        return cls(settings=settings, **known)

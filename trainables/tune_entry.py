@@ -78,8 +78,8 @@ def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
         tracker.log_metrics(metrics, step=int(metrics["step"]))
         if metrics.get("reward_hack_flag") and not flagged:
             flagged = True
-            tracker.set_tag(FLAG_TAG, f"flagged at step {metrics['step']}: {spec.reward_hacking.metric} rose "
-                                      f"{metrics['reward_hack_rel_change']:+.0%} within one epoch")
+            tracker.set_tag(FLAG_TAG, f"flagged at step {metrics['step']} by {metrics['reward_hack_signal']}: "
+                                      f"{metrics['reward_hack_detail']}")
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
 
