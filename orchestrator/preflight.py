@@ -47,6 +47,20 @@ class Preflight:
     train_rows: int = 0
     max_reports: int = 0
     notes: list[str] = field(default_factory=list)
+    num_samples: int = 1  # what Tune is given: grid repeats become a seed axis instead
+
+
+def seeds_for_repeats(cfg: SweepConfig, space: dict[str, Any]) -> tuple[dict[str, Any], int, list[str]]:
+    """A grid repeated `num_samples` times would run identical configs, and identical configs give identical
+    trials (every trial seeds itself): no replicates at all. Unless the space already varies the seed, the
+    repeats become a `seed` axis with `num_samples` values, so each repeat is a real replicate."""
+    n = cfg.search.num_samples
+    if cfg.search.algorithm != "grid" or n == 1 or any(resolve_param_key(k) == "dpo.seed" for k in space):
+        return space, n, []
+    seeds = [cfg.trial.dpo.seed + i for i in range(n)]
+    note = (f"search.num_samples={n} with a grid: the repeats run with seed {', '.join(map(str, seeds))} (dpo.seed), "
+            "so each is a replicate; the analysis averages them")
+    return {**space, "seed": {"grid_search": seeds}}, 1, [note]
 
 
 def resolve_space(cfg: SweepConfig) -> tuple[dict[str, Any], list[str]]:
@@ -308,5 +322,6 @@ def run_preflight(cfg: SweepConfig, cluster: dict[str, float] | None = None, log
     if problems:
         raise PreflightError(problems)
     n = grid_size(space) * cfg.search.num_samples if cfg.search.algorithm == "grid" else cfg.search.num_samples
+    space, num_samples, seed_notes = seeds_for_repeats(cfg, space)
     return Preflight(param_space=space, num_trials=n, tracking_uri=uri, train_rows=rows, max_reports=max_reports,
-                     gpu_per_trial=gpu_per_trial, notes=notes)
+                     gpu_per_trial=gpu_per_trial, notes=notes + seed_notes, num_samples=num_samples)

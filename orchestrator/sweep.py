@@ -315,7 +315,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
         else:
             printer = ProgressPrinter(cfg.search.metric, pre.num_trials, enabled=progress)
             tuner = build_tuner(cfg, pre.param_space, context, state.name, pre.max_reports,
-                                gpu_per_trial=pre.gpu_per_trial, callbacks=[printer])
+                                gpu_per_trial=pre.gpu_per_trial, callbacks=[printer], num_samples=pre.num_samples)
         grid = tuner.fit()
     except BaseException:
         # Ray's results and checkpoints stay: `dpo-sweep resume` continues from them.

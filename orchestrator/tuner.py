@@ -41,7 +41,7 @@ def build_trainable(cfg: SweepConfig, context: SweepContext, gpu_per_trial: floa
 
 
 def build_tuner(cfg: SweepConfig, space: dict[str, Any], context: SweepContext, run_name: str, max_reports: int,
-                gpu_per_trial: float = 0.0, callbacks: list | None = None):
+                gpu_per_trial: float = 0.0, callbacks: list | None = None, num_samples: int | None = None):
     """`gpu_per_trial`: as preflight resolved it ('auto' -> 1/k)."""
     from ray import tune
 
@@ -54,7 +54,7 @@ def build_tuner(cfg: SweepConfig, space: dict[str, Any], context: SweepContext, 
             mode=cfg.search.mode,
             search_alg=search_alg,
             scheduler=build_scheduler(cfg.scheduler, max_reports),
-            num_samples=cfg.search.num_samples,
+            num_samples=num_samples or cfg.search.num_samples,
             max_concurrent_trials=cfg.resources.max_concurrent_trials,
             # A fresh actor per trial re-imports torch, transformers and TRL (seconds each time); every
             # trial loads its own model and seeds itself, so nothing carries over between trials.

@@ -150,3 +150,13 @@ def test_sweep_config_errors_name_fields():
     assert "scheduler.reduction_factor: Input should be greater than 1, got 1" in text
     assert "trial.dpo.beta: Input should be greater than 0, got 0" in text
     assert "name: String should match pattern" in text
+
+
+def test_grid_repeats_become_seeds_so_they_are_real_replicates(sweep):
+    space = {"beta": {"grid": [0.1, 0.5]}}
+    pre = run_preflight(sweep(search={"space": space, "num_samples": 3}), log=None)
+    assert pre.param_space["seed"] == {"grid_search": [0, 1, 2]} and pre.num_samples == 1
+    assert pre.num_trials == 6 and any("repeats run with seed 0, 1, 2" in n for n in pre.notes)
+    # A space that varies the seed itself, or sampled search, is left alone.
+    pre = run_preflight(sweep(search={"space": {**space, "dpo.seed": {"grid": [7, 8]}}, "num_samples": 2}), log=None)
+    assert "seed" not in pre.param_space and pre.num_samples == 2
