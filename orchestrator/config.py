@@ -40,7 +40,8 @@ class SearchSettings(StrictModel):
                                      "loguniform: ...}} declared inline.")
     algorithm: Literal["grid", "random", "optuna"] = Field(
         "grid", description="grid/random: Tune's variant generator; optuna: TPE (pip install 'dpo-sweep[optuna]').")
-    num_samples: int = Field(1, ge=1, description="grid: repeats of the whole grid (seeds); random/optuna: trials.")
+    num_samples: int = Field(1, ge=1, description="grid: repeats of the whole grid, each with its own dpo.seed "
+                             "(replicates for the analysis); random/optuna: trials.")
     metric: str = Field(PRIMARY_METRIC, description="Held-out metric ASHA and the analysis rank trials by.")
     mode: Literal["max", "min"] = "max"
     seed: int | None = Field(None, description="Seed of random/optuna sampling.")
