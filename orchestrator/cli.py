@@ -299,45 +299,40 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_flags(validate)
     validate.set_defaults(func=cmd_validate)
 
-    def experiment_arg(sp):
+    def sweep_command(name: str, func, help_text: str, description: str, patience: float | None = None):
+        """A command on an existing sweep, named by its directory, run name or sweep name."""
+        sp = sub.add_parser(name, help=help_text, description=description)
         sp.add_argument("experiment", help="the sweep: its Ray experiment directory (printed by `run` as 'Ray "
                                            "results'), its run name, or its sweep/MLflow experiment name (latest)")
         sp.add_argument("--storage", default="dpo-sweep-output",
                         help="where to look a sweep up by name (default: ./dpo-sweep-output)")
         sp.add_argument("--tracking-uri", help="MLflow tracking URI, if not the one the sweep was started with")
+        if patience is not None:
+            sp.add_argument("--patience", type=float, default=patience,
+                            help=f"seconds to keep retrying an unreachable tracking server (default {patience:g})")
+        sp.set_defaults(func=func)
+        return sp
 
-    resume = sub.add_parser("resume", help="finish a sweep whose driver was stopped or crashed",
-                            description="Continue a sweep after its driver died (killed, lost node, Ctrl-C): "
-                                        "finished trials are kept and not re-run, interrupted trials continue from "
-                                        "their last checkpoints, pending ones start; the same MLflow parent run is "
-                                        "reused and closed at the end, and the analysis covers every trial.")
-    experiment_arg(resume)
+    resume = sweep_command(
+        "resume", cmd_resume, "finish a sweep whose driver was stopped or crashed",
+        "Continue a sweep after its driver died (killed, lost node, Ctrl-C): finished trials are kept and not "
+        "re-run, interrupted trials continue from their last checkpoints, pending ones start; the same MLflow parent "
+        "run is reused and closed at the end, and the analysis covers every trial.")
     resume.add_argument("--address", help="join a running Ray cluster (default: start a local Ray, or RAY_ADDRESS)")
     resume.add_argument("--retry-failed", action="store_true",
                         help="also resume trials that failed (from their last checkpoints); default: keep them failed")
-    resume.set_defaults(func=cmd_resume)
-
-    sync = sub.add_parser("sync-mlflow", help="rebuild a sweep's MLflow runs and metrics from Ray's results",
-                          description="Make MLflow agree with Ray's results of a sweep: create missing child runs, "
-                                      "add missing steps, set every trial's final status and best adapter, log the "
-                                      "analysis and close the parent run. Nothing is re-run; running it twice "
-                                      "changes nothing. Use it after a tracking outage or against a new server.")
-    experiment_arg(sync)
-    sync.add_argument("--patience", type=float, default=60,
-                      help="seconds to keep retrying an unreachable tracking server (default 60)")
-    sync.set_defaults(func=cmd_sync_mlflow)
-
-    report = sub.add_parser("report", help="regenerate a sweep's report (HTML + Markdown) from Ray's results",
-                            description="Rebuild a finished (or interrupted) sweep's analysis and report from Ray's "
-                                        "results, without re-running anything: the recommendation in plain words, "
-                                        "the sweet spot and how sure it is, the beta x learning-rate ANOVA, knob "
-                                        "sensitivity, reward-hacking flags, the plots and the results table. Writes "
-                                        "report.html (self-contained, plots embedded) and report.md beside the "
-                                        "analysis and logs them to the sweep's parent MLflow run.")
-    experiment_arg(report)
-    report.add_argument("--patience", type=float, default=30,
-                        help="seconds to keep retrying an unreachable tracking server (default 30)")
-    report.set_defaults(func=cmd_report)
+    sweep_command(
+        "sync-mlflow", cmd_sync_mlflow, "rebuild a sweep's MLflow runs and metrics from Ray's results",
+        "Make MLflow agree with Ray's results of a sweep: create missing child runs, add missing steps, set every "
+        "trial's final status and best adapter, log the analysis and close the parent run. Nothing is re-run; "
+        "running it twice changes nothing. Use it after a tracking outage or against a new server.", patience=60)
+    sweep_command(
+        "report", cmd_report, "regenerate a sweep's report (HTML + Markdown) from Ray's results",
+        "Rebuild a finished (or interrupted) sweep's analysis and report from Ray's results, without re-running "
+        "anything: the recommendation in plain words, the sweet spot and how sure it is, the beta x learning-rate "
+        "ANOVA, knob sensitivity, reward-hacking flags, the plots and the results table. Writes report.html "
+        "(self-contained, plots embedded) and report.md beside the analysis and logs them to the sweep's parent "
+        "MLflow run.", patience=30)
 
     spaces = sub.add_parser("spaces", help="list the named search spaces")
     spaces.set_defaults(func=cmd_spaces)
