@@ -307,9 +307,11 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
                                cpu_per_trial=cfg.resources.cpu_per_trial, tracking_flush_s=cfg.tracking.flush_s,
                                shared_reference=str(reference.path) if reference else None)
         _quiet_tune_output()
-        if resume:
-            from ray import tune
+        from ray import tune
 
+        # A driver that died before Tune wrote its state (while preparing the shared reference) left
+        # nothing to restore: the sweep then starts its trials under the same name and parent run.
+        if resume and tune.Tuner.can_restore(state.experiment_path):
             tuner = tune.Tuner.restore(state.experiment_path, build_trainable(cfg, context, pre.gpu_per_trial),
                                        resume_unfinished=True, resume_errored=retry_failed)
         else:
