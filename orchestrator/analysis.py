@@ -190,10 +190,10 @@ def plot_heatmap(table: pd.DataFrame, params: list[str], metric: str, best: dict
                     color="white")
     if best:
         j, i = list(grid.columns).index(best[x]), list(grid.index).index(best[y])
-        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="gold", linewidth=3))
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3.5))
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    ax.set_title(f"{metric} (last report), {y} x {x}\ngold box: sweet spot; !: reward-hacking flag", fontsize=9)
+    ax.set_title(f"{metric} (last report), {y} x {x}\nred box: sweet spot; !: reward-hacking flag", fontsize=9)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -19,7 +19,7 @@ from orchestrator.analysis import SweepAnalysis
 
 # The order plots appear in, with what each answers.
 PLOT_CAPTIONS = {
-    "heatmap": "The metric over the beta x learning-rate grid; the gold box is the sweet spot.",
+    "heatmap": "The metric over the beta x learning-rate grid; the red box is the sweet spot.",
     "interaction": "One line per beta across learning rates: crossing or diverging lines are an interaction. "
                    "Grey rings: stopped early; red crosses: reward-hacking flag.",
     "interaction_means": "Means and standard errors over seeds, with the interaction's ANOVA p-value.",
