@@ -65,11 +65,16 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def cmd_trial(args: argparse.Namespace) -> int:
-    spec = load_trial_spec(args.config, args.set)
+def _with_cache(spec):
+    """DPO_SWEEP_CACHE as the tiny-llama cache of a trial config that names none."""
     cache = os.environ.get("DPO_SWEEP_CACHE")
     if cache and spec.cache_dir is None:
         spec.cache_dir = cache
+    return spec
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    spec = _with_cache(load_trial_spec(args.config, args.set))
     resume = str(Path(args.resume).resolve()) if args.resume else None
     if resume and not (Path(resume) / "trainer_state.json").is_file():
         raise ConfigError([f"--resume {args.resume!r}: not a trial checkpoint (no trainer_state.json inside)"])
@@ -92,9 +97,7 @@ def _sweep_config(args: argparse.Namespace):
     from orchestrator.config import load_sweep_config
 
     cfg = load_sweep_config(args.config or shipped_config(DEMO_SWEEP), args.set)
-    cache = os.environ.get("DPO_SWEEP_CACHE")
-    if cache and cfg.trial.cache_dir is None:
-        cfg.trial.cache_dir = cache
+    _with_cache(cfg.trial)
     uri = args.tracking_uri or (None if cfg.tracking.uri else os.environ.get("MLFLOW_TRACKING_URI"))
     if uri:
         cfg.tracking.uri = uri
@@ -204,9 +207,7 @@ def _state_and_config(args: argparse.Namespace):
 
     state = SweepState.load(find_experiment(args.experiment, args.storage))
     cfg = state.sweep_config()
-    cache = os.environ.get("DPO_SWEEP_CACHE")
-    if cache and cfg.trial.cache_dir is None:
-        cfg.trial.cache_dir = cache
+    _with_cache(cfg.trial)
     if args.tracking_uri:
         cfg.tracking.uri = args.tracking_uri
     elif "***@" in (cfg.tracking.uri or ""):

@@ -108,14 +108,23 @@ def open_trial_run(client, experiment_id: str, parent_run_id: str, trial_id: str
     return run.info.run_id
 
 
-def log_step_metrics(client, run_id: str, metrics: dict[str, Any], step: int) -> None:
+def step_metrics(metrics: dict[str, Any], step: int) -> list:
+    """The numbers of one report as MLflow metric rows of `step`, all with one timestamp (taken now): a
+    batch sent twice is the same rows, which the store keeps once."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    for i in range(0, len(items), 1000):
+    return [Metric(k, float(v), now, step) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def log_metric_rows(client, run_id: str, items: list) -> None:
+    for i in range(0, len(items), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=items[i : i + 1000])
+
+
+def log_step_metrics(client, run_id: str, metrics: dict[str, Any], step: int) -> None:
+    log_metric_rows(client, run_id, step_metrics(metrics, step))
 
 
 def find_trial_runs(client, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
@@ -188,12 +197,7 @@ class TrialRunLogger:
         self._thread.start()
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)  # fixed now: a resent batch is the same rows, which the store dedupes
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        self._put(("metrics", step, items))
+        self._put(("metrics", step, step_metrics(metrics, step)))
 
     def set_tag(self, key: str, value: str) -> None:
         self._put(("tag", key, value))
@@ -227,8 +231,7 @@ class TrialRunLogger:
             _, step, items = op
             if step in self._steps:
                 return
-            for i in range(0, len(items), 1000):
-                client.log_batch(self.run_id, metrics=items[i : i + 1000])
+            log_metric_rows(client, self.run_id, items)
             self._steps.add(step)
         elif kind == "tag":
             client.set_tag(self.run_id, op[1], op[2])
