@@ -190,9 +190,11 @@ def find_experiment(ref: str, storage: str) -> str:
     if (Path(storage) / ref / SWEEP_FILE).is_file():
         return str((Path(storage) / ref).resolve())
     sweeps = sorted(Path(storage).glob(f"*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime)
-    named = [p.parent for p in sweeps
-             if ref in (json.loads(p.read_text()).get("config", {}).get("name"),
-                        (json.loads(p.read_text()).get("config", {}).get("tracking") or {}).get("experiment"))]
+    def names(state_file: Path) -> tuple:
+        config = json.loads(state_file.read_text()).get("config", {})
+        return config.get("name"), (config.get("tracking") or {}).get("experiment")
+
+    named = [p.parent for p in sweeps if ref in names(p)]
     if named:
         _log(f"[sweep] {ref!r}: the latest of its {len(named)} sweep(s) under {storage}: {named[-1].name}")
         return str(named[-1].resolve())
@@ -227,11 +229,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:
     from orchestrator.sweep import finish_sweep, load_results
-    from trainables.tracking import default_tracking_uri
 
     state, cfg = _state_and_config(args)
     grid = load_results(state.experiment_path)
-    _, analysis, counts = finish_sweep(cfg, state, grid, cfg.tracking.uri or default_tracking_uri(cfg.storage.path), log=_log,
+    _, analysis, counts = finish_sweep(cfg, state, grid, cfg.tracking_uri, log=_log,
                                        tracking_patience_s=args.patience)
     if counts is None:
         return 3
@@ -243,13 +244,13 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.sweep import build_analysis, load_results
     from orchestrator.tracking_sync import log_analysis
-    from trainables.tracking import call_with_retries, default_tracking_uri, is_transient, make_client
+    from trainables.tracking import call_with_retries, is_transient, make_client
 
     state, cfg = _state_and_config(args)
     _, analysis = build_analysis(cfg, state, load_results(state.experiment_path))
     html_path, md_path = analysis.reports
     print(f"{analysis.summary}\n\nReport: {html_path}\n        {md_path}")
-    client = make_client(cfg.tracking.uri or default_tracking_uri(cfg.storage.path))
+    client = make_client(cfg.tracking_uri)
     try:
         call_with_retries(lambda: log_analysis(client, state.parent_run_id, analysis), "logging the report",
                           patience_s=args.patience, log=_log)

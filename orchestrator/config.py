@@ -123,6 +123,13 @@ class SweepConfig(StrictModel):
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
 
+    @property
+    def tracking_uri(self) -> str:
+        """tracking.uri, else the local sqlite store beside Ray's results."""
+        from trainables.tracking import default_tracking_uri
+
+        return self.tracking.uri or default_tracking_uri(self.storage.path)
+
 
 def validate_sweep_config(raw: dict[str, Any], source: str | None = None) -> SweepConfig:
     trial_raw = raw.get("trial") if isinstance(raw.get("trial"), dict) else {}

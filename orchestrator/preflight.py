@@ -26,7 +26,7 @@ from trainables.config import (
     spec_with_params,
     validate_trial_spec,
 )
-from trainables.tracking import default_tracking_uri, is_local_uri
+from trainables.tracking import is_local_uri
 from trainables.trial import reported_metrics
 
 GIB = 1024**3
@@ -301,7 +301,7 @@ def run_preflight(cfg: SweepConfig, cluster: dict[str, float] | None = None, log
     space, problems = resolve_space(cfg)
     problems += check_space(cfg, space)
     space_ok = not problems
-    uri = cfg.tracking.uri or default_tracking_uri(cfg.storage.path)
+    uri = cfg.tracking_uri
     problems += check_tracking(uri)
     if cluster is not None:
         problems += check_tracking_for_cluster(uri, nodes, cfg.resources.cluster_autoscales)

@@ -63,8 +63,11 @@ class SweepState:
     parent_run_id: str
     config: dict[str, Any]
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
     def save(self) -> None:
-        write_text(join_path(self.experiment_path, SWEEP_FILE), json.dumps(asdict(self), indent=2))
+        write_text(join_path(self.experiment_path, SWEEP_FILE), self.to_json())
 
     @classmethod
     def load(cls, experiment_path: str) -> SweepState:
@@ -164,7 +167,7 @@ def build_analysis(cfg: SweepConfig, state: SweepState, grid) -> tuple[list[Tria
     records = records_from_results(grid, cfg)
     out = analysis_dir(cfg, state)
     analysis = analyze(records, cfg.search.metric, cfg.search.mode, out, max_abs_logratio=cfg.analysis.max_abs_logratio)
-    (out / SWEEP_FILE).write_text(json.dumps(asdict(state), indent=2))
+    (out / SWEEP_FILE).write_text(state.to_json())  # a local copy, also when Ray's results are in the cloud
     analysis.reports = list(write_report(analysis, out, f"dpo-sweep: {state.name}", {
         "Ray results": state.experiment_path, "MLflow": f"{state.tracking_uri}, experiment {cfg.experiment!r}, "
         f"parent run {state.parent_run_id}", "regenerate": f"dpo-sweep report {state.experiment_path}"}))
@@ -346,13 +349,14 @@ def _start_sweep(cfg: SweepConfig, pre: Preflight, client) -> SweepState:
     experiment_id = ensure_experiment(client, cfg.experiment, artifact_location)
     config = cfg.model_dump(mode="json")
     config["tracking"]["uri"] = pre.tracking_uri
-    parent = start_sweep_run(client, experiment_id, name, flatten(_redacted(config)))
-    client.log_text(parent, yaml.safe_dump(_redacted(config), sort_keys=False), "sweep_config.yaml")
+    public = _redacted(config)  # what is written anywhere: no credentials
+    parent = start_sweep_run(client, experiment_id, name, flatten(public))
+    client.log_text(parent, yaml.safe_dump(public, sort_keys=False), "sweep_config.yaml")
     experiment_path = join_path(cfg.storage.path if not local_storage else str(Path(cfg.storage.path).resolve()),
                                 name)
     client.set_tag(parent, EXPERIMENT_PATH_TAG, experiment_path)
     state = SweepState(name=name, experiment_path=experiment_path, tracking_uri=redact_uri(pre.tracking_uri),
-                       experiment_id=experiment_id, parent_run_id=parent, config=_redacted(config))
+                       experiment_id=experiment_id, parent_run_id=parent, config=public)
     state.save()
     return state
 

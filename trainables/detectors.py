@@ -42,6 +42,13 @@ def fired_step(history: History, index: int | None) -> int | None:
     return int(history[index].get("step", index))
 
 
+def relative_rise(values: Sequence[float], reports_per_epoch: int) -> float:
+    """The last value's rise relative to the value `reports_per_epoch` reports earlier, or to the first value
+    while fewer reports exist (the first epoch's window starts at report 0)."""
+    then = values[-reports_per_epoch - 1] if len(values) > reports_per_epoch else values[0]
+    return (values[-1] - then) / max(abs(then), EPS)
+
+
 def reward_rise(history: History, threshold: float = 0.10, reports_per_epoch: int = 4,
                 metric: str = "eval_rewards_margins") -> int | None:
     """(a) The practitioner's rule, as `trainables.reward_hacking.RewardHackingMonitor` applies it.
@@ -52,9 +59,8 @@ def reward_rise(history: History, threshold: float = 0.10, reports_per_epoch: in
     """
     values: list[float] = []
     for i, v in _series(history, metric):
-        then = values[-reports_per_epoch] if len(values) >= reports_per_epoch else (values[0] if values else v)
         values.append(v)
-        if (v - then) / max(abs(then), EPS) > threshold:
+        if relative_rise(values, reports_per_epoch) > threshold:
             return i
     return None
 

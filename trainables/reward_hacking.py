@@ -25,7 +25,6 @@ from typing import Any
 from trainables import detectors
 from trainables.config import RewardHackingSettings
 
-EPS = 1e-8
 WATCHED = ("step", "eval_logps_chosen", "eval_abs_logratio", "train_rewards_margins", "eval_rewards_accuracies")
 
 
@@ -71,11 +70,9 @@ class RewardHackingMonitor:
         keys = (*WATCHED, self.settings.metric)
         self.history.append({k: float(metrics[k]) for k in keys if isinstance(metrics.get(k), (int, float))})
         out: dict[str, Any] = {}
-        rise = [h[self.settings.metric] for h in self.history if self.settings.metric in h]
         if self.settings.metric in self.history[-1]:
-            back = self.reports_per_epoch
-            start = rise[-back - 1] if len(rise) > back else rise[0]
-            out["reward_hack_rel_change"] = (rise[-1] - start) / max(abs(start), EPS)
+            values = [h[self.settings.metric] for h in self.history if self.settings.metric in h]
+            out["reward_hack_rel_change"] = detectors.relative_rise(values, self.reports_per_epoch)
         fired = {}
         for name in self.settings.signals:
             index = fire_index(name, self.settings, self.history, self.reports_per_epoch)
