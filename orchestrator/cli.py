@@ -1,6 +1,7 @@
 """The `dpo-sweep` command line.
 
     dpo-sweep run                                   # the built-in demo sweep, offline, on a laptop CPU
+    dpo-sweep run smollm2                           # the real-model example: SmolLM2-135M-Instruct, ~10 min on CPU
     dpo-sweep run my_sweep.yaml --set search.num_samples=3 --address auto
     dpo-sweep validate my_sweep.yaml                # preflight only: every problem at once
     dpo-sweep spaces                                # the named search spaces
@@ -9,7 +10,7 @@
     dpo-sweep trial --resume dpo-sweep-output/trial/checkpoint-32 my.yaml
 
 Environment read here and passed down (nowhere else reads it):
-    DPO_SWEEP_CACHE       where the built-in tiny-llama is cached (default ~/.cache/dpo-sweep)
+    DPO_SWEEP_CACHE       where built-in models (tiny-llama, converted GGUF files) are cached (~/.cache/dpo-sweep)
     MLFLOW_TRACKING_URI   tracking server when neither --tracking-uri nor tracking.uri is given
     MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN   server credentials, handed to trials through Ray's
                           runtime env; never written to a config, parameter, tag or artifact
@@ -39,6 +40,18 @@ DEMO_SWEEP = "demo.yaml"
 
 def shipped_config(name: str) -> Path:
     return Path(str(resources.files("orchestrator") / "configs" / name))
+
+
+SHIPPED_SWEEPS = {"demo": DEMO_SWEEP, "smollm2": "smollm2.yaml"}
+
+
+def sweep_config_path(config: str | None) -> Path:
+    """A YAML path, or the name of a shipped sweep ('demo', 'smollm2'); no config is the demo."""
+    if config is None:
+        return shipped_config(DEMO_SWEEP)
+    if config in SHIPPED_SWEEPS and not Path(config).exists():
+        return shipped_config(SHIPPED_SWEEPS[config])
+    return Path(config)
 
 
 class MetricPrinter:
@@ -81,8 +94,13 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
     from trainables.trial import run_trial
 
+    from trainables.model import resolve_compute_dtype
+
     d = spec.dpo
-    _log(f"[trial] model {spec.model.name_or_path} ({spec.model.quantization}), LoRA r={spec.lora.r}; "
+    dtype = resolve_compute_dtype(spec.model.compute_dtype)
+    dtype_note = f"{dtype}, from auto" if spec.model.compute_dtype == "auto" else dtype
+    _log(f"[trial] model {spec.model.name_or_path} ({spec.model.quantization}, compute {dtype_note}), LoRA "
+         f"r={spec.lora.r}; "
          f"beta {d.beta}, lr {d.learning_rate:g}, epochs {d.num_train_epochs}, accumulation "
          f"{d.gradient_accumulation_steps}, label smoothing {d.label_smoothing} ({d.loss_type})")
     result = run_trial(spec, MetricPrinter(), resume_from=resume, log=_log)
@@ -96,7 +114,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
 def _sweep_config(args: argparse.Namespace):
     from orchestrator.config import load_sweep_config
 
-    cfg = load_sweep_config(args.config or shipped_config(DEMO_SWEEP), args.set)
+    cfg = load_sweep_config(sweep_config_path(args.config), args.set)
     _with_cache(cfg.trial)
     uri = args.tracking_uri or (None if cfg.tracking.uri else os.environ.get("MLFLOW_TRACKING_URI"))
     if uri:
@@ -273,8 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(sp):
-        sp.add_argument("config", nargs="?", help="YAML config (optional: defaults are the built-in demo)")
+    def common(sp, shipped: bool = True):
+        what = ("a sweep YAML, or a shipped sweep: 'demo' (the default: tiny-llama, synthetic task) or 'smollm2' "
+                "(SmolLM2-135M-Instruct on the arithmetic chat task)") if shipped else "a trial YAML"
+        sp.add_argument("config", nargs="?", help=f"{what} (optional)")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, dotted path, YAML value (repeatable): --set dpo.beta=0.2")
 
@@ -343,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Run one QLoRA DPO trial without Ray. Each report line shows the held-out "
                                        "reward accuracy, margin and loss, the answer quality (synthetic data), and "
                                        "the train loss; a checkpoint is saved at every report.")
-    common(trial)
+    common(trial, shipped=False)
     trial.add_argument("--resume", metavar="CHECKPOINT_DIR",
                        help="continue from a checkpoint directory written by an earlier run of the same config")
     trial.set_defaults(func=cmd_trial)

@@ -246,8 +246,8 @@ def plan_gpu_packing(cfg: SweepConfig, space: dict[str, Any], gpu_bytes: int | N
     return float(r.gpu_per_trial), [], [f"GPU packing: {k} trials per GPU, about {k * est.total / GIB:.1f} GiB"]
 
 
-def check_metrics(cfg: SweepConfig, synthetic: bool) -> list[str]:
-    known = reported_metrics(synthetic)
+def check_metrics(cfg: SweepConfig) -> list[str]:
+    known = reported_metrics(has_probes=cfg.trial.data.builtin_task is not None)
     problems = []
     for name, value in (("search.metric", cfg.search.metric),
                         ("trial.reward_hacking.metric", cfg.trial.reward_hacking.metric)):
@@ -306,7 +306,7 @@ def run_preflight(cfg: SweepConfig, cluster: dict[str, float] | None = None, log
     if cluster is not None:
         problems += check_tracking_for_cluster(uri, nodes, cfg.resources.cluster_autoscales)
     problems += check_resources(cfg, cluster)
-    problems += check_metrics(cfg, synthetic=cfg.trial.data.source == "synthetic")
+    problems += check_metrics(cfg)
     # The report schedule is checked against the space's values only once those are valid.
     data_problems, rows, max_reports = check_data_and_model(cfg, space if space_ok else {}, log)
     problems += data_problems

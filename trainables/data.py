@@ -1,6 +1,7 @@
 """Preference data: load, validate every row before training, split.
 
-Sources: `synthetic` (the bundled task), a `.jsonl` / `.json` / `.parquet` file,
+Sources: `synthetic` (the tiny model's bundled task), `arithmetic` (the bundled chat task for real
+instruct models, `trainables/arithmetic.py`), a `.jsonl` / `.json` / `.parquet` file,
 a `datasets` `save_to_disk` directory, or anything `datasets.load_dataset`
 takes (a hub id, or a local directory of data files - the same code path).
 Rows are standard (`prompt`/`chosen`/`rejected` strings) or conversational
@@ -52,7 +53,8 @@ class RowProblem:
 class PreferenceData:
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
-    probes: list[tuple[str, str]] = field(default_factory=list)  # synthetic only: (prompt, right answer)
+    # Bundled tasks only: (prompt, right answer); the prompt is a string, or messages for a chat task.
+    probes: list[tuple[Any, str]] = field(default_factory=list)
     conversational: bool = False
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped (drop_invalid)
     description: str = ""
@@ -249,13 +251,21 @@ def _only_columns(rows: list[dict]) -> list[dict]:
 def load_preference_data(settings: DataSettings, tokenizer=None, max_length: int | None = None,
                          truncation_mode: str = "keep_start") -> PreferenceData:
     """Train/eval rows, validated. Raises DataError naming every bad row unless drop_invalid."""
-    probes: list[tuple[str, str]] = []
-    if settings.source == "synthetic":
-        task = make_task(settings.synthetic)
-        sets = [("synthetic:train", task.train, list(range(1, len(task.train) + 1)), []),
-                ("synthetic:eval", task.eval, list(range(1, len(task.eval) + 1)), [])]
+    probes: list[tuple[Any, str]] = []
+    task_name = settings.builtin_task
+    if task_name:
+        if task_name == "arithmetic":
+            from trainables.arithmetic import make_task as make_arithmetic
+
+            task = make_arithmetic(settings.arithmetic)
+            kind = f"arithmetic chat task ({settings.arithmetic.form} answers)"
+        else:
+            task = make_task(settings.synthetic)
+            kind = "synthetic task"
+        sets = [(f"{task_name}:train", task.train, list(range(1, len(task.train) + 1)), []),
+                (f"{task_name}:eval", task.eval, list(range(1, len(task.eval) + 1)), [])]
         probes = task.probes
-        desc = (f"synthetic task: {len(task.train)} train pairs ({task.flipped} label-flipped), "
+        desc = (f"{kind}: {len(task.train)} train pairs ({task.flipped} label-flipped), "
                 f"{len(task.eval)} clean eval pairs, {len(task.probes)} probe prompts")
     else:
         rows, numbers, read_problems = read_rows(settings.source, settings.split)
@@ -284,7 +294,7 @@ def load_preference_data(settings: DataSettings, tokenizer=None, max_length: int
         raise DataError(summarize_problems(problems))
 
     dropped = dict(Counter(p.kind for p in problems))
-    if settings.eval_source or settings.source == "synthetic":
+    if settings.eval_source or task_name:
         train, eval_rows = kept[0], kept[1]
     else:
         train, eval_rows = _split(kept[0], settings.eval_fraction, settings.split_seed)

@@ -112,7 +112,9 @@ def estimate_trial_memory(spec: TrialSpec, model_path: str | None = None, batch_
 
     path = model_path or resolve_model_path(spec.model, spec.cache_dir, log=None)
     model, config = _meta_model(path, spec.model.trust_remote_code)
-    dtype_bytes = DTYPE_BYTES[spec.model.compute_dtype]
+    # The estimate is of GPU memory: 'auto' is what a GPU would pick (bf16 on anything recent).
+    dtype = "bfloat16" if spec.model.compute_dtype == "auto" else spec.model.compute_dtype
+    dtype_bytes = DTYPE_BYTES[dtype]
     q = spec.model.quantization
 
     linear_ids = set()

@@ -24,10 +24,43 @@ def trial_device() -> torch.device:
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def resolve_compute_dtype(name: str, device: torch.device | None = None) -> str:
+    """'auto' -> the dtype that suits the device; an explicit name is kept.
+
+    CUDA: bfloat16 where the GPU supports it (Ampere and newer), else float16. CPU: bfloat16 where
+    the CPU has bf16 instructions (AVX512-BF16 or AMX), else float32. Measured on a 2-core AVX512-BF16
+    CPU with smollm2-135m in NF4 (benchmarks/real_model_step.py): bf16 about 2x faster a step than
+    fp32, with the same base answer quality; on CPUs without them bf16 is emulated, and a step was
+    measured at >70 s against ~24 s for fp32.
+    """
+    if name != "auto":
+        return name
+    device = device or trial_device()
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
+def cpu_has_bf16() -> bool:
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def resolve_model_path(settings: ModelSettings, cache_dir: str | None = None, log=print) -> str:
-    """'tiny-llama' -> its cached directory; a local directory -> its absolute path; anything else is a hub id."""
+    """A directory `from_pretrained` can load, or a hub id.
+
+    'tiny-llama' -> its cached directory (built once); 'smollm2-135m' and a `.gguf` file -> the cached
+    conversion of the GGUF file (once per file content); a local directory -> its absolute path;
+    anything else is a hub id."""
+    from trainables.gguf_models import SMOLLM2, ModelUnavailable, ensure_converted, is_gguf, smollm2_gguf_path
+
     if settings.name_or_path == TINY_LLAMA:
         return str(ensure_tiny_llama(cache_dir, log=log))
+    if settings.name_or_path == SMOLLM2:
+        return str(ensure_converted(smollm2_gguf_path(), cache_dir, log=log))
+    if is_gguf(settings.name_or_path):
+        if not Path(settings.name_or_path).expanduser().is_file():
+            raise ModelUnavailable(f"model.name_or_path: GGUF file {settings.name_or_path!r} does not exist")
+        return str(ensure_converted(settings.name_or_path, cache_dir, log=log))
     local = Path(settings.name_or_path).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():
@@ -45,7 +78,7 @@ def resolve_model_path(settings: ModelSettings, cache_dir: str | None = None, lo
     return settings.name_or_path
 
 
-def quantization_config(settings: ModelSettings):
+def quantization_config(settings: ModelSettings, device: torch.device | None = None):
     """The one place a ModelSettings becomes a BitsAndBytesConfig (None for quantization 'none')."""
     from transformers import BitsAndBytesConfig
 
@@ -57,7 +90,7 @@ def quantization_config(settings: ModelSettings):
         load_in_4bit=True,
         bnb_4bit_quant_type=settings.quantization,
         bnb_4bit_use_double_quant=settings.double_quant,
-        bnb_4bit_compute_dtype=DTYPES[settings.compute_dtype],
+        bnb_4bit_compute_dtype=DTYPES[resolve_compute_dtype(settings.compute_dtype, device)],
     )
 
 
@@ -94,8 +127,8 @@ def load_base_model(settings: ModelSettings, cache_dir: str | None = None, devic
     model = AutoModelForCausalLM.from_pretrained(
         path,
         revision=settings.revision,
-        quantization_config=quantization_config(settings),
-        dtype=DTYPES[settings.compute_dtype],
+        quantization_config=quantization_config(settings, device),
+        dtype=DTYPES[resolve_compute_dtype(settings.compute_dtype, device)],
         device_map={"": device.index if device.type == "cuda" else "cpu"},
         trust_remote_code=settings.trust_remote_code,
     )

@@ -7,15 +7,39 @@ model actually says.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from trainables.synthetic import score_answer
+from trainables import arithmetic, synthetic
+
+Scorer = Callable[[str, str], tuple[bool, bool]]
+
+
+def probe_settings(data) -> tuple[Scorer, int]:
+    """(scorer, max_new_tokens) of a bundled task (`DataSettings`): enough tokens for a right answer
+    plus a margin, so a policy that rambles is seen rambling (its length is reported) without
+    paying for long generations."""
+    if data.builtin_task == "arithmetic":
+        # 'a + b = c' is ~8 tokens; the worked answer ~45 (SmolLM2's tokenizer).
+        return arithmetic.score_answer, (64 if data.arithmetic.form == "long" else 16)
+    # A synthetic answer is one word of at most 6 characters (one token each) plus a space.
+    return synthetic.score_answer, 10
+
+
+def render_prompt(tokenizer, prompt: Any) -> str:
+    """A probe prompt as the model sees it: chat messages through the model's chat template."""
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return prompt
 
 
 @torch.no_grad()
-def answer_quality(model, tokenizer, probes: list[tuple[str, str]], batch_size: int = 64,
-                   max_new_tokens: int = 10) -> dict[str, float]:
-    """{'answer_exact_rate', 'answer_valid_rate'} over the probes (greedy decoding, left padding)."""
+def answer_quality(model, tokenizer, probes: list[tuple[Any, str]], batch_size: int = 64,
+                   max_new_tokens: int = 10, score: Scorer = synthetic.score_answer) -> dict[str, float]:
+    """{'answer_exact_rate', 'answer_valid_rate', 'answer_length_tokens'} over the probes (greedy decoding,
+    left padding). The length is the mean count of generated tokens up to and including end of turn."""
     if not probes:
         return {}
     was_training = model.training
@@ -23,26 +47,34 @@ def answer_quality(model, tokenizer, probes: list[tuple[str, str]], batch_size: 
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     device = next(p for p in model.parameters()).device
-    exact = valid = 0
+    exact = valid = length = 0
+    eos = tokenizer.eos_token_id
     try:
         for start in range(0, len(probes), batch_size):
             chunk = probes[start : start + batch_size]
-            enc = tokenizer([p for p, _ in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+            texts_in = [render_prompt(tokenizer, p) for p, _ in chunk]
+            enc = tokenizer(texts_in, return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(device) for k, v in enc.items()}
             out = model.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
             )
-            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            new = out[:, enc["input_ids"].shape[1] :]
+            # Generated length: up to and including the first end-of-turn token (the rest is padding).
+            ended = (new == eos).int()
+            first_eos = torch.where(ended.any(1), ended.argmax(1) + 1, torch.full_like(ended[:, 0], new.shape[1]))
+            length += int(first_eos.sum())
+            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             for text, (_, right) in zip(texts, chunk, strict=True):
-                e, v = score_answer(text.split("\n")[0], right)
+                # Synthetic answers are one line; chat answers may span several (the worked form).
+                e, v = score(text if isinstance(chunk[0][0], list) else text.split("\n")[0], right)
                 exact += e
                 valid += v
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
     n = len(probes)
-    return {"answer_exact_rate": exact / n, "answer_valid_rate": valid / n}
+    return {"answer_exact_rate": exact / n, "answer_valid_rate": valid / n, "answer_length_tokens": length / n}
 
 
 def sequence_logps(model, batch) -> torch.Tensor:

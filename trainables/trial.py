@@ -32,12 +32,13 @@ EVAL_METRICS = (
     "eval_logps_chosen", "eval_logps_rejected", "eval_logits_chosen", "eval_logits_rejected", "eval_entropy",
     "eval_mean_token_accuracy", "eval_abs_logratio",
 )
-ANSWER_METRICS = ("answer_exact_rate", "answer_valid_rate")  # synthetic data only: probes with known answers
+# Bundled tasks only (data.source synthetic or arithmetic): probes with known answers.
+ANSWER_METRICS = ("answer_exact_rate", "answer_valid_rate", "answer_length_tokens")
 
 
-def reported_metrics(synthetic: bool) -> set[str]:
+def reported_metrics(has_probes: bool) -> set[str]:
     """Names a sweep may rank or watch trials by."""
-    return set(EVAL_METRICS) | (set(ANSWER_METRICS) if synthetic else set())
+    return set(EVAL_METRICS) | (set(ANSWER_METRICS) if has_probes else set())
 
 
 @dataclass
@@ -67,11 +68,14 @@ def loss_settings(loss_type: str, label_smoothing: float) -> dict[str, Any]:
     return {"loss_type": [loss_type], "loss_weights": None, "label_smoothing": label_smoothing}
 
 
-def build_dpo_config(spec: TrialSpec, use_cpu: bool):
-    """The one place a TrialSpec becomes a TRL DPOConfig."""
+def build_dpo_config(spec: TrialSpec, device):
+    """The one place a TrialSpec becomes a TRL DPOConfig (`device`: where the trial trains)."""
     from trl import DPOConfig
 
+    from trainables.model import resolve_compute_dtype
+
     d = spec.dpo
+    dtype = resolve_compute_dtype(spec.model.compute_dtype, device)
     return DPOConfig(
         output_dir=spec.output_dir,
         beta=d.beta,
@@ -92,9 +96,9 @@ def build_dpo_config(spec: TrialSpec, use_cpu: bool):
         # Forward only, no gradients: the eval batch size fits, and fewer, larger batches are faster.
         precompute_ref_batch_size=d.per_device_eval_batch_size,
         gradient_checkpointing=d.gradient_checkpointing,
-        bf16=spec.model.compute_dtype == "bfloat16",
-        fp16=spec.model.compute_dtype == "float16",
-        use_cpu=use_cpu,
+        bf16=dtype == "bfloat16",
+        fp16=dtype == "float16",
+        use_cpu=device.type == "cpu",
         # Evaluation, logging and saving are driven by ReportCallback at exact steps, not by Trainer strategies.
         eval_strategy="no",
         save_strategy="no",
@@ -130,10 +134,11 @@ STATE_FILE = "dpo_sweep_state.json"  # beside each checkpoint: what the trial ne
 def _make_callback(report: Report, spec: TrialSpec, probes, tokenizer):
     from transformers import TrainerCallback
 
-    from trainables.probes import answer_quality, policy_drift
+    from trainables.probes import answer_quality, policy_drift, probe_settings
     from trainables.reward_hacking import RewardHackingMonitor
 
     reports_per_epoch = spec.dpo.reports_per_epoch
+    score, max_new_tokens = probe_settings(spec.data)
 
     class ReportCallback(TrainerCallback):
         """Evaluate + log + save at fixed steps; report once the checkpoint of that step exists."""
@@ -170,7 +175,8 @@ def _make_callback(report: Report, spec: TrialSpec, probes, tokenizer):
             m = {clean_metric_name(k): v for k, v in (metrics or {}).items()
                  if k.startswith("eval_") and isinstance(v, (int, float))}
             if probes:
-                m.update(answer_quality(model, tokenizer, probes, batch_size=spec.dpo.per_device_eval_batch_size))
+                m.update(answer_quality(model, tokenizer, probes, batch_size=spec.dpo.per_device_eval_batch_size,
+                                        max_new_tokens=max_new_tokens, score=score))
             if eval_dataloader is not None:
                 m.update(policy_drift(model, eval_dataloader))
             self.pending = m
@@ -237,7 +243,7 @@ def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_
     callback = _make_callback(report, spec, data.probes, tokenizer)
     trainer = SweepDPOTrainer(
         model=model,
-        args=build_dpo_config(spec, use_cpu=device.type == "cpu"),
+        args=build_dpo_config(spec, device),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,

