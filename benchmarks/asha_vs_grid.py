@@ -36,7 +36,8 @@ def one_sweep(scheduler: str, seed: int, args, cache: str, storage: str) -> dict
                   "data": {"source": "synthetic", "synthetic": {"num_train": 1000, "num_eval": 200, "num_probe": 64,
                                                                 "label_noise": args.label_noise, "seed": seed}},
                   "dpo": {"num_train_epochs": args.epochs, "reports_per_epoch": 4, "seed": seed}},
-        "search": {"space": "seed-exercise"},
+        # The demo's grid: tiny-llama's own learning rates (the named spaces hold a real model's).
+        "search": {"space": {"beta": {"grid": [0.01, 0.1, 0.5]}, "learning_rate": {"grid": [5e-5, 5e-4, 5e-3]}}},
         "scheduler": {"kind": scheduler, "grace_period": 1, "reduction_factor": args.reduction_factor},
         "analysis": {"max_abs_logratio": 1.4},
         "storage": {"path": storage},

@@ -29,10 +29,15 @@ class ProgressPrinter(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
         extra = f" REWARD-HACKING FLAG ({result.get('reward_hack_signal')})" if result.get("reward_hack_flag") else ""
-        answers = f" answers {result['answer_exact_rate']:.2f}" if "answer_exact_rate" in result else ""
+        # Answer quality and pair accuracy tell different stories; show whichever is not the ranked metric.
+        also = ""
+        if "answer_exact_rate" in result and self.metric != "answer_exact_rate":
+            also += f" answers {result['answer_exact_rate']:.2f}"
+        if "eval_rewards_accuracies" in result and self.metric != "eval_rewards_accuracies":
+            also += f" pair acc {result['eval_rewards_accuracies']:.2f}"
         shown = f"{value:.3f}" if isinstance(value, float) else value
         self._line(f"report {trial} #{result.get('training_iteration')} step {result.get('step')} "
-                   f"{self.metric} {shown}{answers}{extra}")
+                   f"{self.metric} {shown}{also}{extra}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         # Counted from Tune's own trial list: a resumed sweep starts with trials finished before.

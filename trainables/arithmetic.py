@@ -3,22 +3,26 @@
 For instruct models with a chat template (`smollm2-135m`, or any model a sweep names). Every row
 is conversational, so the model's own chat template renders it:
 
-    prompt   [{"role": "user", "content": "What is 26 + 28?"}]
+    prompt   [{"role": "user", "content": "What is 26 + 28? Reply with just the number."}]
     chosen   [{"role": "assistant", "content": "26 + 28 = 54"}]
     rejected [{"role": "assistant", "content": "26 + 28 = 44"}]
 
 The rejected answer is a mistake people and small models make: a carry dropped or added (+-10),
 or an off-by-one. Two completion forms:
 
-- `short`: `a + b = c`, the form SmolLM2-135M-Instruct answers in by itself (about 8 tokens);
+- `short`: `a + b = c`, the form SmolLM2-135M-Instruct answers the short question in by itself
+  (about 8 tokens);
 - `long`: a worked answer of 40-50 tokens - tens, ones, then the sum - in which chosen and
   rejected share every token but the answer's, as real preference pairs often differ in a
-  small part of a long reply. The worked steps are right in both; only the stated sum differs.
+  small part of a long reply. The worked steps are right in both; only the stated sum differs. The
+  question asks to work it out step by step.
 
 Ground truth for "did the policy degrade": greedy answers to clean probe questions, scored by the
 last number in the reply (exact) and whether the reply states a number at all (valid), plus the
-reply's length in tokens. SmolLM2-135M-Instruct, untuned, answers about a quarter of these sums
-right (measured: 6/24 at `a, b` in 2..49): DPO has something to teach and something to break.
+reply's length in tokens. SmolLM2-135M-Instruct, untuned, answers about a quarter of the short
+questions right in fp32 (15/64 at `a, b` in 2..49, 16 new tokens) but only 4/64 once bitsandbytes
+stores it in NF4: a 135 M model loses much of its arithmetic to 4-bit weights. DPO has something
+to teach and something to break.
 
 Label noise swaps chosen and rejected in a seeded fraction of training pairs; held-out pairs and
 probes are always clean.
@@ -39,8 +43,9 @@ _STREAM_TRAIN, _STREAM_HELDOUT = 0, 1
 _NUMBER = re.compile(r"-?\d+")
 
 
-def question(a: int, b: int) -> list[dict[str, str]]:
-    return [{"role": "user", "content": f"What is {a} + {b}?"}]
+def question(a: int, b: int, form: str = "short") -> list[dict[str, str]]:
+    ask = "Work it out step by step." if form == "long" else "Reply with just the number."
+    return [{"role": "user", "content": f"What is {a} + {b}? {ask}"}]
 
 
 def short_answer(a: int, b: int, total: int) -> str:
@@ -85,7 +90,7 @@ def make_pairs(n: int, settings: ArithmeticSettings, stream: int, exclude: set[t
 
 
 def _row(form: str, a: int, b: int, rng: random.Random) -> dict:
-    return {"prompt": question(a, b),
+    return {"prompt": question(a, b, form),
             "chosen": [{"role": "assistant", "content": answer(form, a, b, a + b)}],
             "rejected": [{"role": "assistant", "content": answer(form, a, b, wrong_total(a, b, rng))}]}
 
@@ -106,7 +111,7 @@ def make_task(settings: ArithmeticSettings) -> SyntheticTask:
             row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
         train.append(row)
     eval_rows = [_row(settings.form, a, b, rng) for a, b in eval_q]
-    probes = [(question(a, b), str(a + b)) for a, b in probe_q]
+    probes = [(question(a, b, settings.form), str(a + b)) for a, b in probe_q]
     return SyntheticTask(train=train, eval=eval_rows, probes=probes, flipped=n_flip)
 
 
