@@ -129,7 +129,7 @@ def ensure_converted(gguf_path: str | Path, cache_dir: str | Path | None = None,
     target = root / f"gguf-{src.stem}-{digest[:16]}-v{CONVERSION_VERSION}"
     if (target / MARKER).is_file():
         return target
-    problems = gguf_problems(src)
+    problems = gguf_problems(gguf_path)  # named as the user gave it
     if problems:
         raise ModelUnavailable("; ".join(problems))
     root.mkdir(parents=True, exist_ok=True)
