@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import trl.trainer.utils as trl_utils
-from transformers import TrainerCallback
 
-import trainables.sweep_trainer as sweep_trainer
+from benchmarks.step_time import StepTimer
+from trainables import sweep_trainer
 from trainables.config import TrialSpec
 from trainables.model import resolve_compute_dtype, resolve_model_path
 from trainables.reference import build_shared_reference
@@ -44,18 +44,6 @@ SETUPS = {
     "none_fp32": {"quantization": "none", "compute_dtype": "float32"},
 }
 DEFAULT = f"nf4_{'fp32' if resolve_compute_dtype('auto') == 'float32' else 'bf16'}"
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self):
-        self.durations: list[float] = []
-        self._t = 0.0
-
-    def on_step_begin(self, args, state, control, **kw):
-        self._t = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kw):
-        self.durations.append(time.perf_counter() - self._t)
 
 
 def make_spec(model: dict, args, out: str, cache: str) -> TrialSpec:

@@ -1,7 +1,7 @@
 """The `dpo-sweep` command line.
 
     dpo-sweep run                                   # the built-in demo sweep, offline, on a laptop CPU
-    dpo-sweep run smollm2                           # the real-model example: SmolLM2-135M-Instruct, ~10 min on CPU
+    dpo-sweep run smollm2                           # the real-model example: SmolLM2-135M-Instruct, ~16 min on CPU
     dpo-sweep run my_sweep.yaml --set search.num_samples=3 --address auto
     dpo-sweep validate my_sweep.yaml                # preflight only: every problem at once
     dpo-sweep spaces                                # the named search spaces
@@ -92,9 +92,8 @@ def cmd_trial(args: argparse.Namespace) -> int:
     if resume and not (Path(resume) / "trainer_state.json").is_file():
         raise ConfigError([f"--resume {args.resume!r}: not a trial checkpoint (no trainer_state.json inside)"])
 
-    from trainables.trial import run_trial
-
     from trainables.model import resolve_compute_dtype
+    from trainables.trial import run_trial
 
     d = spec.dpo
     dtype = resolve_compute_dtype(spec.model.compute_dtype)

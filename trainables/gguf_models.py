@@ -79,7 +79,7 @@ def gguf_problems(path: str | Path) -> list[str]:
         reader = gguf.GGUFReader(str(p))
         arch_field = reader.fields.get("general.architecture")
         arch = bytes(arch_field.parts[arch_field.data[0]]).decode() if arch_field else None
-    except Exception as e:  # the reader raises ValueError, IndexError, struct errors on damaged files
+    except (ValueError, IndexError, KeyError, OSError) as e:  # what gguf's reader raises on a damaged file
         return [(f"model.name_or_path: {str(p)!r} is not a readable GGUF file ({type(e).__name__}: "
                  f"{str(e)[:100] or 'no detail'}); it may be truncated or damaged: download it again")]
     # The mapping's keys include two sections that are not architectures.
