@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     trial = sub.add_parser("trial", help="run one DPO trial without Ray, printing its metrics as it goes",
                            description="Run one QLoRA DPO trial without Ray. Each report line shows the held-out "
-                                       "reward accuracy, margin and loss, the answer quality (synthetic data), and "
+                                       "reward accuracy, margin and loss, the answer quality (bundled tasks), and "
                                        "the train loss; a checkpoint is saved at every report.")
     common(trial, shipped=False)
     trial.add_argument("--resume", metavar="CHECKPOINT_DIR",

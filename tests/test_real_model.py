@@ -147,10 +147,12 @@ def test_named_spaces_pass_preflight_on_a_real_model_sweep(smollm2_cache, tmp_pa
     for name in SPACES:
         cfg = validate_sweep_config({
             "trial": {"model": {"name_or_path": SMOLLM2}, "cache_dir": smollm2_cache,
-                      "data": {"source": "arithmetic"}, "dpo": {"per_device_train_batch_size": 8}},
+                      # 192 pairs: `full` samples accumulation 4, and 192 / 8 / 4 = 6 steps still hold 4 reports.
+                      "data": {"source": "arithmetic", "arithmetic": {"num_train": 192}},
+                      "dpo": {"per_device_train_batch_size": 8}},
             "search": {"space": name, "algorithm": "random" if name == "full" else "grid", "num_samples": 2,
                        "metric": "answer_exact_rate"},
             "storage": {"path": str(tmp_path / name)},
         })
         pre = run_preflight(cfg, log=quiet)
-        assert pre.train_rows == 96 and pre.num_trials, name
+        assert pre.train_rows == 192 and pre.num_trials, name

@@ -23,7 +23,10 @@ def quiet(*_):
 
 
 def test_nf4_qlora_trial_learns_the_rule_with_a_frozen_4bit_base(make_spec):
-    spec = make_spec()
+    # 5e-3: a strong push, so "learned" does not hinge on the machine. tiny-llama's warm start is built per
+    # machine, and at 5e-4 its held-out accuracy after this one epoch measured 0.98 on one and 0.70 on another;
+    # at 5e-3 it ended at 0.945 (bf16) and 0.953 (fp32) on the second.
+    spec = make_spec(dpo={"learning_rate": 5e-3})
     reports = []
     result = run_trial(spec, lambda m, c: reports.append((m, c)), log=quiet)
 
