@@ -88,13 +88,14 @@ class SweepAnalysis:
 
 
 def results_table(records: list[TrialRecord], metric: str) -> pd.DataFrame:
+    from orchestrator.stats import EXTRA_RESULT_METRICS  # stats imports this module: import at call time
+
     rows = []
     for r in records:
         row = {"trial": r.trial_id, **r.params, "status": r.status, "reports": r.reports,
                metric: r.last(metric), f"best_{metric}": (float(r.history[metric].max())
                                                          if metric in r.history and len(r.history) else math.nan)}
-        for extra in ("eval_rewards_accuracies", "answer_exact_rate", "answer_length_tokens", "eval_logps_chosen",
-                      "eval_abs_logratio", "eval_loss"):
+        for extra in EXTRA_RESULT_METRICS:
             if extra in r.history and extra != metric:
                 row[extra] = r.last(extra)
         row["reward_hacking"] = r.flag_signal  # which signal flagged it, '' for none

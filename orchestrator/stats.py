@@ -34,9 +34,11 @@ FULL_ANOVA = "two-way ANOVA"  # Type II sums of squares, with interaction; needs
 TUKEY = "Tukey one-df test"  # one trial per cell: Tukey's test for non-additivity
 ADDITIVE = "additive two-way ANOVA"  # one trial per cell and missing cells: main effects only
 LEFT_OUT = (FAILED, DIVERGED)
-# Columns of the results table that are not knobs (see `analysis.results_table`).
-_NOT_KNOBS = {"trial", "status", "reports", "reward_hacking", "answer_exact_rate", "eval_logps_chosen",
-              "eval_abs_logratio", "eval_loss"}
+# Metrics the results table shows beside the ranked one (`analysis.results_table`); with the bookkeeping
+# columns, what is not a knob.
+EXTRA_RESULT_METRICS = ("eval_rewards_accuracies", "answer_exact_rate", "answer_length_tokens", "eval_logps_chosen",
+                        "eval_abs_logratio", "eval_loss")
+_NOT_KNOBS = {"trial", "status", "reports", "reward_hacking", *EXTRA_RESULT_METRICS}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
