@@ -121,3 +121,16 @@ def test_no_interaction_is_not_reported_as_one(tmp_path):
     assert a.anova.interaction.p > 0.05
     assert "no evidence that the best learning rate depends on beta" in a.summary
     assert a.sweet_spot.values == {"beta": 0.5, "learning_rate": 5e-3}
+
+
+def test_metrics_shown_beside_the_ranked_one_are_never_knobs(tmp_path):
+    recs = []
+    for i, (beta, lr) in enumerate([(0.1, 1e-4), (0.5, 1e-4), (0.1, 1e-3), (0.5, 1e-3)]):
+        r = record(str(i), beta, lr, [0.6 + 0.05 * i])
+        r.history["answer_exact_rate"] = [0.2 + 0.1 * i]
+        r.history["answer_length_tokens"] = [10.0 + i]
+        recs.append(r)
+    result = analyze(recs, "answer_exact_rate", "max", tmp_path)
+    # Shown in the table (they vary from trial to trial), but the knobs are what was swept.
+    assert {"eval_rewards_accuracies", "answer_length_tokens"} <= set(result.table.columns)
+    assert result.knobs == ["beta", "learning_rate"]
