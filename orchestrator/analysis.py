@@ -87,13 +87,15 @@ class SweepAnalysis:
     reports: list[Path] = field(default_factory=list)  # report.html, report.md once written
 
 
-def results_table(records: list[TrialRecord], metric: str) -> pd.DataFrame:
+def results_table(records: list[TrialRecord], metric: str, mode: str = "max") -> pd.DataFrame:
+    """One row per trial: its knobs, status, the metric at its last report and at its best (max or min by
+    `mode`), and the other metrics shown beside it."""
     from orchestrator.stats import EXTRA_RESULT_METRICS  # stats imports this module: import at call time
 
     rows = []
     for r in records:
         row = {"trial": r.trial_id, **r.params, "status": r.status, "reports": r.reports,
-               metric: r.last(metric), f"best_{metric}": (float(r.history[metric].max())
+               metric: r.last(metric), f"best_{metric}": (float(getattr(r.history[metric], mode)())
                                                          if metric in r.history and len(r.history) else math.nan)}
         for extra in EXTRA_RESULT_METRICS:
             if extra in r.history and extra != metric:
@@ -233,7 +235,7 @@ def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
 
     matplotlib.use("Agg")
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = results_table(records, metric)
+    table = results_table(records, metric, mode)
     params = sorted({k for r in records for k in r.params})
     best = pick_best(table, metric, mode, max_abs_logratio)
     table_path = out_dir / "results.csv"

@@ -134,3 +134,11 @@ def test_metrics_shown_beside_the_ranked_one_are_never_knobs(tmp_path):
     # Shown in the table (they vary from trial to trial), but the knobs are what was swept.
     assert {"eval_rewards_accuracies", "answer_length_tokens"} <= set(result.table.columns)
     assert result.knobs == ["beta", "learning_rate"]
+
+
+def test_best_follows_the_mode(tmp_path):
+    recs = [record("a", 0.1, 1e-4, [0.7, 0.5, 0.6]), record("b", 0.5, 1e-4, [0.9, 0.8, 0.85])]
+    for r in recs:
+        r.history["eval_loss"] = r.history["eval_rewards_accuracies"]
+    table = analyze(recs, "eval_loss", "min", tmp_path).table.set_index("trial")
+    assert table.loc["a", "best_eval_loss"] == 0.5 and table.loc["b", "best_eval_loss"] == 0.8

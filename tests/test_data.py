@@ -139,3 +139,17 @@ def test_conversational_rows_are_validated(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "chat-ok.jsonl", [good] * 8)
     data = load_preference_data(DataSettings(source=str(path)), tokenizer, max_length=64)
     assert data.conversational and len(data.train) == 7
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("[1, 2, 3]", "row 1: expected a JSON object with prompt, chosen, rejected, got int"),
+    ('[{"prompt": "Q", "chosen": " A", "rejected": " a"}, "oops"]', "row 2: expected a JSON object"),
+    ("7", "expected a JSON list of objects with prompt, chosen, rejected (or JSON Lines), got int"),
+    ('"text"', "got str at the top level"),
+])
+def test_a_json_file_of_the_wrong_shape_is_a_data_error_naming_the_file(tmp_path, text, needle):
+    path = tmp_path / "prefs.json"
+    path.write_text(text)
+    with pytest.raises(DataError) as err:
+        load_preference_data(DataSettings(source=str(path)))
+    assert needle in str(err.value) and str(path) in str(err.value)

@@ -97,7 +97,19 @@ def read_rows(source: str, split: str = "train") -> tuple[list[dict], list[int],
                 return _read_jsonl(path)  # JSON Lines with a .json name
             if isinstance(data, dict):
                 data = [data]
-            return list(data), list(range(1, len(data) + 1)), []
+            if not isinstance(data, list):
+                raise DataError(f"{path}: expected a JSON list of objects with {', '.join(COLUMNS)} (or JSON Lines), "
+                                f"got {type(data).__name__} at the top level")
+            rows, numbers, problems = [], [], []
+            for n, obj in enumerate(data, start=1):
+                if isinstance(obj, dict):
+                    rows.append(obj)
+                    numbers.append(n)
+                else:
+                    problems.append(RowProblem(str(path), n, None, "not an object",
+                                               f"expected a JSON object with {', '.join(COLUMNS)}, "
+                                               f"got {type(obj).__name__}"))
+            return rows, numbers, problems
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
