@@ -139,10 +139,6 @@ def _axes_keys(params: list[str]) -> tuple[str | None, str | None]:
     return x, line
 
 
-def _numeric(series: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(series)
-
-
 def plot_interaction(table: pd.DataFrame, params: list[str], metric: str, best: dict | None, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -159,7 +155,9 @@ def plot_interaction(table: pd.DataFrame, params: list[str], metric: str, best: 
     if best:
         ax.scatter([best[x]], [best[metric]], marker="*", s=260, color="gold", edgecolors="black", zorder=5,
                    label="sweet spot")
-    if _numeric(table[x]) and (table[x] > 0).all() and table[x].max() / table[x].min() > 20:
+    from orchestrator.stats import log_like  # stats imports this module: import at call time
+
+    if log_like(table[x]):
         ax.set_xscale("log")
     ax.set_xlabel(x)
     ax.set_ylabel(f"{metric} (last report)")

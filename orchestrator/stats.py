@@ -501,10 +501,11 @@ def _mean_se(rows: pd.DataFrame, metric: str, by: str) -> pd.DataFrame:
     return out.sort_index()
 
 
-def _log_like(values: pd.Series) -> bool:
-    """Numeric, positive and spanning more than 20x: a learning rate; drawn on a log axis."""
+def log_like(values: pd.Series) -> bool:
+    """Numeric, positive and spanning a decade or more: a learning rate (1e-4, 3e-4, 1e-3 is a geometric grid);
+    drawn on a log axis by every plot."""
     v = pd.to_numeric(values, errors="coerce")
-    return bool(v.notna().all() and len(v) and (v > 0).all() and v.max() / v.min() > 20)
+    return bool(v.notna().all() and len(v) and (v > 0).all() and v.max() / v.min() >= 10)
 
 
 def _varying(rows: pd.DataFrame, knobs: list[str]) -> list[str]:
@@ -533,7 +534,7 @@ def plot_main_effects(table: pd.DataFrame, metric: str, knobs: list[str], path: 
     for ax, k in zip(axes[0], knobs, strict=True):
         m = _mean_se(rows, metric, k)
         ax.errorbar(m.index, m["mean"], yerr=m["se"].fillna(0), marker="o", capsize=3)
-        if _log_like(rows[k]):
+        if log_like(rows[k]):
             ax.set_xscale("log")
         ax.set_xlabel(k)
         ax.grid(alpha=0.3)
@@ -554,7 +555,7 @@ def plot_interaction_means(table: pd.DataFrame, metric: str, a: str, b: str, pat
     for value, g in rows.groupby(a):
         m = _mean_se(g, metric, b)
         ax.errorbar(m.index, m["mean"], yerr=m["se"].fillna(0), marker="o", capsize=3, label=f"{a}={_v(value)}")
-    if _log_like(rows[b]):
+    if log_like(rows[b]):
         ax.set_xscale("log")
     title = f"{metric}: mean ± SE vs {b}, one line per {a}"
     if anova is not None and anova.interaction is not None:
@@ -571,7 +572,7 @@ def _unit(values: pd.Series) -> pd.Series:
     if not pd.api.types.is_numeric_dtype(values):
         levels = _sorted_levels(values)
         return values.map({v: i / max(len(levels) - 1, 1) for i, v in enumerate(levels)})
-    v = np.log10(values.astype(float)) if _log_like(values) else values.astype(float)
+    v = np.log10(values.astype(float)) if log_like(values) else values.astype(float)
     span = v.max() - v.min()
     return (v - v.min()) / span if span > 0 else v * 0 + 0.5
 

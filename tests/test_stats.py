@@ -248,3 +248,15 @@ def test_plots_write_pngs(tmp_path):
     assert stats.plot_interaction_means(one_beta, METRIC, "beta", "learning_rate", tmp_path / "x.png") is None
     assert stats.plot_main_effects(one_beta.assign(learning_rate=1e-4), METRIC, ["beta", "learning_rate"],
                                    tmp_path / "y.png") is None
+
+
+def test_a_decade_of_learning_rates_is_drawn_on_a_log_axis():
+    import pandas as pd
+
+    from orchestrator.stats import log_like
+
+    assert log_like(pd.Series([1e-4, 3e-4, 1e-3]))  # the smollm2 example's grid: a decade, geometric
+    assert log_like(pd.Series([5e-5, 5e-4, 5e-3]))
+    assert not log_like(pd.Series([0.1, 0.5]))
+    assert not log_like(pd.Series(["sigmoid", "robust"]))
+    assert not log_like(pd.Series([0.0, 0.1, 0.2]))
