@@ -109,10 +109,11 @@ def test_compute_dtype_auto_follows_the_device(monkeypatch):
         monkeypatch.setattr(model_mod, "cpu_has_bf16", lambda v=has_bf16: v)
         assert model_mod.resolve_compute_dtype("auto", cpu) == expected
     assert model_mod.resolve_compute_dtype("float16", cpu) == "float16"  # an explicit choice is kept
-    if torch.cuda.is_available():
-        gpu = torch.device("cuda", 0)
-        assert model_mod.resolve_compute_dtype("auto", gpu) == (
-            "bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    # A GPU's answer, whether or not this machine has one: only its bf16 support is asked.
+    gpu = torch.device("cuda", 0)
+    for has_bf16, expected in ((True, "bfloat16"), (False, "float16")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, v=has_bf16, **k: v)
+        assert model_mod.resolve_compute_dtype("auto", gpu) == expected
 
 
 def test_no_named_space_proposes_a_learning_rate_outside_the_lora_range():

@@ -54,3 +54,7 @@ def test_warm_started_base_answers_in_format_but_is_indifferent(model_cache):
                 scores.append(logp[n - 1 :].sum().item())
             correct += scores[0] > scores[1]
     assert 0.35 <= correct / len(task.eval) <= 0.75  # indifferent: DPO has something to learn
+
+
+def test_only_the_first_line_of_a_generation_is_the_answer():
+    assert score_answer(" CAT\nQ: dog", "CAT") == (True, True)

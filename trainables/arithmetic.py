@@ -75,10 +75,8 @@ def make_pairs(n: int, settings: ArithmeticSettings, stream: int, exclude: set[t
     """n distinct (a, b) operand pairs, none in `exclude` (so held-out questions are never trained on)."""
     rng = random.Random(f"dpo-sweep-arith-{settings.seed}-{stream}")
     lo, hi = settings.min_operand, settings.max_operand
-    capacity = (hi - lo + 1) ** 2 - len(exclude)
-    if n > capacity:
-        raise ValueError(f"data.arithmetic: {n} distinct questions asked for, but operands "
-                         f"{lo}..{hi} give only {capacity}; raise max_operand")
+    # ArithmeticSettings refuses more questions than the operands give; this loop would never end otherwise.
+    assert n <= (hi - lo + 1) ** 2 - len(exclude), "ArithmeticSettings._enough_questions let too many through"
     out: list[tuple[int, int]] = []
     seen = set(exclude)
     while len(out) < n:

@@ -66,8 +66,7 @@ def answer_quality(model, tokenizer, probes: list[tuple[Any, str]], batch_size: 
             length += int(first_eos.sum())
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             for text, (_, right) in zip(texts, chunk, strict=True):
-                # Synthetic answers are one line; chat answers may span several (the worked form).
-                e, v = score(text if isinstance(chunk[0][0], list) else text.split("\n")[0], right)
+                e, v = score(text, right)
                 exact += e
                 valid += v
     finally:

@@ -97,6 +97,7 @@ def warm_start_examples(n: int, seed: int) -> list[tuple[str, str]]:
 
 
 def score_answer(generated: str, right: str) -> tuple[bool, bool]:
-    """(exact, valid): exact = the right answer and nothing else; valid = the word in either case."""
-    text = generated.strip()
+    """(exact, valid) of a generation's first line (an answer is one line; what follows is not read):
+    exact = the right answer and nothing else; valid = the word in either case."""
+    text = generated.split("\n")[0].strip()
     return text == right, text.lower() == right.lower() and text in (right.lower(), right.upper())
