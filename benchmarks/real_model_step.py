@@ -1,11 +1,12 @@
 """Seconds per optimizer step of a real model on this machine: `smollm2-135m` (SmolLM2-135M-Instruct)
 on the arithmetic chat task, batch 8, side by side in one run (interleaved rounds).
 
-Set-ups: NF4 with bf16 compute, NF4 with fp32 compute (what `compute_dtype: auto` picks on a CPU),
-no quantization in fp32; each with TRL's per-step reference pass and with the sweep's shared
-reference (token ids and reference log-probs computed once). One more row repeats the default
-with TRL's own LM head (every position projected, as TRL does off Triton devices), to show what
-projecting only the completion tokens saves (trainables/sweep_trainer.py).
+Set-ups: NF4 with bf16 compute (what `compute_dtype: auto` picks on a CPU with bf16 instructions),
+NF4 with fp32 compute (its pick on other CPUs), no quantization in fp32; each with TRL's per-step
+reference pass and with the sweep's shared reference (token ids and reference log-probs computed
+once). Two more rows repeat the NF4 set-ups with TRL's own LM head (every position projected, as
+TRL does off Triton devices), to show what projecting only the completion tokens saves
+(trainables/sweep_trainer.py).
 
     .venv/bin/python benchmarks/real_model_step.py                  # 3 rounds, ~25 min on 2 CPU cores
     .venv/bin/python benchmarks/real_model_step.py --rounds 1 --steps 3 --form long
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -83,8 +85,6 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="run only set-ups whose name contains this text")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    import os
-
     cache = args.cache or os.environ.get("DPO_SWEEP_CACHE")
     if args.threads:
         torch.set_num_threads(args.threads)

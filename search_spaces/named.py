@@ -23,7 +23,7 @@ from typing import Any
 
 from ray import tune
 
-# Every learning rate a named space can propose lies in this range (tests/test_spaces.py checks it).
+# Every learning rate a named space can propose lies in this range (tests/test_real_model_inputs.py checks it).
 LORA_LEARNING_RATE_RANGE = (5e-7, 1e-4)
 
 

@@ -90,7 +90,8 @@ class ArithmeticSettings(StrictModel):
         "short", description="'short': 'a + b = c' (~8 tokens); 'long': a worked answer of 40-50 tokens whose "
                              "chosen and rejected differ only in the stated sum.")
     min_operand: int = Field(2, ge=0, description="Smallest operand.")
-    max_operand: int = Field(49, ge=1, description="Largest operand (2..49: the untuned 135M model gets ~25% right).")
+    max_operand: int = Field(49, ge=1, description="Largest operand (2..49: untuned SmolLM2-135M gets 15/64 right in "
+                             "fp32, 4/64 in NF4).")
     seed: int = 0
 
     @model_validator(mode="after")

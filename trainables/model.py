@@ -30,8 +30,9 @@ def resolve_compute_dtype(name: str, device: torch.device | None = None) -> str:
     CUDA: bfloat16 where the GPU supports it (Ampere and newer), else float16. CPU: bfloat16 where
     the CPU has bf16 instructions (AVX512-BF16 or AMX), else float32. Measured on a 2-core AVX512-BF16
     CPU with smollm2-135m in NF4 (benchmarks/real_model_step.py): bf16 about 2x faster a step than
-    fp32, with the same base answer quality; on CPUs without them bf16 is emulated, and a step was
-    measured at >70 s against ~24 s for fp32.
+    fp32, with the same base answer quality. Without those instructions bf16 is emulated; a machine
+    of this pool once measured >70 s a step in bf16 against ~24 s in fp32, most likely for that
+    reason (not reproduced here: no such CPU at hand), hence fp32 there.
     """
     if name != "auto":
         return name

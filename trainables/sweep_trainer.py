@@ -14,7 +14,7 @@
    chat template most positions are prompt: SmolLM2's template puts ~40 tokens before an ~10-token
    short answer, so 4 of every 5 rows of the 49152-wide projection, forward and backward, were
    thrown away (the profile had that projection at 24% of a step). Which positions are projected
-   is the only change: the per-token log-probs are the same (tests/test_real_model.py).
+   is the only change: the per-token log-probs are the same (tests/test_real_model_inputs.py).
 """
 
 from __future__ import annotations
