@@ -123,7 +123,7 @@ def ensure_converted(gguf_path: str | Path, cache_dir: str | Path | None = None,
     """
     src = Path(gguf_path).expanduser().resolve()
     if not src.is_file():
-        raise ModelUnavailable(f"model.name_or_path: GGUF file {str(src)!r} does not exist")
+        raise ModelUnavailable(f"model.name_or_path: GGUF file {str(gguf_path)!r} does not exist")
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     digest = file_sha256(src)
     target = root / f"gguf-{src.stem}-{digest[:16]}-v{CONVERSION_VERSION}"

@@ -52,15 +52,13 @@ def resolve_model_path(settings: ModelSettings, cache_dir: str | None = None, lo
     'tiny-llama' -> its cached directory (built once); 'smollm2-135m' and a `.gguf` file -> the cached
     conversion of the GGUF file (once per file content); a local directory -> its absolute path;
     anything else is a hub id."""
-    from trainables.gguf_models import SMOLLM2, ModelUnavailable, ensure_converted, is_gguf, smollm2_gguf_path
+    from trainables.gguf_models import SMOLLM2, ensure_converted, is_gguf, smollm2_gguf_path
 
     if settings.name_or_path == TINY_LLAMA:
         return str(ensure_tiny_llama(cache_dir, log=log))
     if settings.name_or_path == SMOLLM2:
         return str(ensure_converted(smollm2_gguf_path(), cache_dir, log=log))
     if is_gguf(settings.name_or_path):
-        if not Path(settings.name_or_path).expanduser().is_file():
-            raise ModelUnavailable(f"model.name_or_path: GGUF file {settings.name_or_path!r} does not exist")
         return str(ensure_converted(settings.name_or_path, cache_dir, log=log))
     local = Path(settings.name_or_path).expanduser()
     if local.exists():

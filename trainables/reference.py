@@ -73,7 +73,8 @@ def reference_key_parts(spec: TrialSpec, model_path: str, tokenizer, train: list
         "format": FORMAT_VERSION,
         # What the weights are, not what they are called: tiny-llama and its directory share a key.
         "model": {**model_fingerprint(model_path), "revision": m.revision if not Path(model_path).is_dir() else None},
-        "quantization": {"kind": m.quantization, "double_quant": m.double_quant, "compute_dtype": resolve_compute_dtype(m.compute_dtype)},
+        "quantization": {"kind": m.quantization, "double_quant": m.double_quant,
+                         "compute_dtype": resolve_compute_dtype(m.compute_dtype)},
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "data": data_fingerprint(train, eval_rows),
         "max_length": spec.dpo.max_length,
