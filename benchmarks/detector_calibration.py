@@ -1,19 +1,25 @@
-"""Is the reward-hacking flag right? Label-free detectors scored against the synthetic task's ground truth.
+"""Is the reward-hacking flag right? Label-free signals scored against answer quality on two tasks.
 
-    .venv/bin/python benchmarks/detector_calibration.py --quick        # 2 seeds, tiny data: ~2 min, a check
-    .venv/bin/python benchmarks/detector_calibration.py                # 144 trials, ~22 min on one thread
-    .venv/bin/python benchmarks/detector_calibration.py --calib-seeds 0 1 2 --test-seeds 3 4 5 --noises 0 0.2
+    .venv/bin/python benchmarks/detector_calibration.py --quick        # tiny-llama only, tiny data: ~2 min, a check
+    .venv/bin/python benchmarks/detector_calibration.py                # both tasks; ~15 + ~80 min of trials on one thread
+    .venv/bin/python benchmarks/detector_calibration.py --readme README.md   # also rewrite the README's table
 
-Trials: beta {0.01, 0.1, 0.5} x learning_rate {5e-5, 5e-4, 1.5e-3, 5e-3} x label_noise {0, 0.2} x seeds, 2
-epochs, 4 reports per epoch (the seed sets both `dpo.seed` and `data.synthetic.seed`). Histories are cached in
-`<out>/trial_histories.jsonl` (shared with `practitioner_claims.py`): a rerun only analyses.
+Tasks. Synthetic: tiny-llama, beta {0.01, 0.1, 0.5} x learning_rate {5e-5, 5e-4, 1.5e-3, 5e-3} x label_noise
+{0, 0.2} x seeds 0-5, 2 epochs, 4 reports per epoch. Real: SmolLM2-135M-Instruct in NF4 + LoRA on the arithmetic
+chat task (`trial_histories.REAL_BASE`), beta {0.05, 0.5} x learning_rate {1e-4, 1e-3, 3e-3, 1e-2} for short (~8 tokens)
+and {1e-4, 1e-3, 1e-2} for long (~45 tokens) completions x seeds 0-1, 8 steps, a report every 2. Histories are cached in
+`<out>/trial_histories.jsonl` and `<out>/real/trial_histories.jsonl` (shared with `practitioner_claims.py` and
+`real_model_claims.py`): a rerun only analyses.
 
-Ground truth (the answers are known): a trial degraded at the first report where its greedy exact-answer rate on
-clean probes is >= 0.2 below its running peak, or its clean held-out pair accuracy is >= 0.05 below its running
-peak. Detectors (`trainables.detectors`) see no clean labels, except (d), which reads held-out pair accuracy
-(clean here, as noisy as the annotation in real use). Each detector's threshold is chosen on the calibration seeds
-(max F1; and, second rule, the best recall with precision >= 0.85), then scored on the held-out seeds, where a
-trial counts as flagged when the detector fires at any report. Writes `detector_calibration.md` and `.json`.
+Ground truth, the same on both tasks: a trial degraded when its greedy answers to clean probe questions (exact
+rate, or valid rate) fell >= 0.2 below their peak, the peak starting at the reference model's answers (measured
+before the first step), so a collapse before the first report counts. The signals see no answers (except
+length_drift, which reads only the answers' length). A trial counts as flagged when a signal fires at any report.
+
+Thresholds are chosen where F1 is highest (ties: the higher precision, then the more conservative threshold),
+then scored elsewhere: within a task (calibration seeds -> held-out seeds) and across tasks (all of one task ->
+all of the other, both ways). False alarms: flagged trials among those whose answers held. Writes
+`detector_calibration.md` and `.json`.
 """
 
 from __future__ import annotations
@@ -31,45 +37,69 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trial_histories import BASE, DEFAULT_OUT, QUICK, run_histories, total_seconds
+from trial_histories import BASE, DEFAULT_OUT, QUICK, REAL_BASE, run_histories, total_seconds
 
 from trainables.detectors import (
+    answer_drop,
+    chosen_displacement,
     chosen_logp_drop,
     drift,
+    drift_per_token,
     earliest,
+    length_drift,
     reward_rise,
     train_up_eval_down,
 )
 
 LEARNING_RATES = (5e-5, 5e-4, 1.5e-3, 5e-3)
 BETAS = (0.01, 0.1, 0.5)
-REPORTS_PER_EPOCH = 4  # BASE's dpo.reports_per_epoch
-ANSWER_DROP, ACCURACY_DROP = 0.2, 0.05  # ground truth: falls from the running peak
-PRECISION_FLOOR = 0.85
-TEXTBOOK_RISE = 0.10
+REPORTS_PER_EPOCH = 4  # BASE's and REAL_BASE's dpo.reports_per_epoch
+ANSWER_DROP, ACCURACY_DROP = 0.2, 0.05  # ground truth: falls from the peak
+SYNTHETIC_SEEDS, SYNTHETIC_CALIB = (0, 1, 2, 3, 4, 5), (0, 1, 2)
+# The real-model task (REAL_BASE: SmolLM2-135M-Instruct, NF4 + LoRA, arithmetic chat, 8 steps): from a rate that
+# barely moves the adapter to one ~100x too high, at a low and a high beta, short and long completions.
+REAL_LEARNING_RATES = {"short": (1e-4, 1e-3, 3e-3, 1e-2), "long": (1e-4, 1e-3, 1e-2)}  # long: ~2x the time a trial
+REAL_BETAS = (0.05, 0.5)
+REAL_MAX_LENGTH = {"short": 64, "long": 128}  # the chat template's ~40 prompt tokens + the completion
+REAL_SEEDS, REAL_CALIB = (0, 1), (0,)
 
 # Threshold grids, wide enough that the extremes fire on every trial / on none.
 RISE_GRID = (0.1, 0.2, 0.5, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
-NATS_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 5, 10, 20)
-DRIFT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.25, 1.4, 1.6, 2, 3, 5, 10, 20, 40)
-ACC_FALL_GRID = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2)
+NATS_GRID = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 50)
+DRIFT_GRID = (0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 40, 100)
+PER_TOKEN_GRID = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5)
+LENGTH_GRID = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3)
+ACC_FALL_GRID = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
 
 Detector = Callable[[Sequence[dict], Any], "int | None"]
 # name -> (history, threshold) -> first firing report index; threshold grid; what the threshold means.
 CANDIDATES: dict[str, tuple[Detector, Sequence[Any], str]] = {
-    "a reward rise (practitioner)": (lambda h, t: reward_rise(h, t, REPORTS_PER_EPOCH), RISE_GRID,
-                                     "relative rise of eval_rewards_margins in one epoch"),
-    "b eval chosen logp drop": (chosen_logp_drop, NATS_GRID, "nats below running max of eval_logps_chosen"),
-    "c drift |log pi/pi_ref|": (drift, DRIFT_GRID, "eval_abs_logratio > t nats"),
-    "d train margin up, eval acc down (1 report)": (lambda h, t: train_up_eval_down(h, t, window=1), ACC_FALL_GRID,
-                                                    "held-out acc fall > t, train margin up, vs last report"),
-    "d' same over one epoch": (lambda h, t: train_up_eval_down(h, t, window=REPORTS_PER_EPOCH), ACC_FALL_GRID,
-                               "as d, vs the report one epoch earlier"),
-    "e train chosen logp drop": (lambda h, t: chosen_logp_drop(h, t, metric="train_logps_chosen"), NATS_GRID,
-                                 "nats below running max of train_logps_chosen"),
-    "b OR c": (lambda h, t: earliest(chosen_logp_drop(h, t[0]), drift(h, t[1])),
-               list(itertools.product(NATS_GRID, DRIFT_GRID)), "(b nats, c nats)"),
+    "chosen_displacement": (chosen_displacement, PER_TOKEN_GRID, "held-out chosen nats/token below the reference"),
+    "drift_per_token": (drift_per_token, PER_TOKEN_GRID, "mean |log pi - log pi_ref| nats/token"),
+    "length_drift": (length_drift, LENGTH_GRID, "probe answer length vs the reference's, relative"),
+    "chosen_displacement OR length_drift": (
+        lambda h, t: earliest(chosen_displacement(h, t[0]), length_drift(h, t[1])),
+        list(itertools.product(PER_TOKEN_GRID, LENGTH_GRID)), "(nats/token, relative length)"),
+    "chosen_logp_drop (sum)": (chosen_logp_drop, NATS_GRID, "nats below the running peak of the summed log-prob"),
+    "drift (sum)": (drift, DRIFT_GRID, "mean |log pi - log pi_ref| nats per completion"),
+    "train_up_eval_down": (lambda h, t: train_up_eval_down(h, t, window=1), ACC_FALL_GRID,
+                           "held-out accuracy fall while the train margin rose"),
+    "reward_rise (practitioner)": (lambda h, t: reward_rise(h, t, REPORTS_PER_EPOCH), RISE_GRID,
+                                   "relative rise of the held-out margin within an epoch"),
 }
+TEXTBOOK_RISE = 0.10
+
+
+def truth(history: Sequence[dict]) -> int | None:
+    """Ground truth: the first report where the probe answers (exact or valid rate) are ANSWER_DROP below their
+    peak, the reference model's answers included."""
+    return answer_drop(history, ANSWER_DROP)
+
+
+def real_grid_configs(seeds, forms=("short", "long"), betas=REAL_BETAS) -> list[dict]:
+    return [{"dpo.beta": b, "dpo.learning_rate": lr, "dpo.seed": s, "data.arithmetic.seed": s,
+             "data.arithmetic.form": form, "dpo.max_length": REAL_MAX_LENGTH[form], "dpo.precompute_ref_log_probs": True}
+            for form in forms for s in seeds for b in betas for lr in REAL_LEARNING_RATES[form]]
 
 
 def grid_configs(seeds, noises=(0.0, 0.2), betas=BETAS, lrs=LEARNING_RATES, epochs=2) -> list[dict]:
@@ -81,202 +111,188 @@ def grid_configs(seeds, noises=(0.0, 0.2), betas=BETAS, lrs=LEARNING_RATES, epoc
 
 def degraded_at(history: Sequence[dict], answer_drop: float = ANSWER_DROP,
                 accuracy_drop: float = ACCURACY_DROP) -> int | None:
-    """Ground truth: the first report where answer quality or clean accuracy fell that far below its running peak."""
+    """The synthetic claims' ground truth (practitioner_claims.py): answer quality or clean accuracy that far
+    below its running peak."""
     best_ans = best_acc = float("-inf")
     for i, m in enumerate(history):
         ans, acc = m.get("answer_exact_rate"), m.get("eval_rewards_accuracies")
         best_ans, best_acc = max(best_ans, ans), max(best_acc, acc)
-        # 1e-9: 0.05 of 128 pairs and 0.2 of 64 probes are not whole counts; keep '>=' exact in floats.
         if best_ans - ans >= answer_drop - 1e-9 or best_acc - acc >= accuracy_drop - 1e-9:
             return i
     return None
 
 
-def score(fired: Sequence[int | None], truth: Sequence[int | None]) -> dict[str, Any]:
-    tp = sum(f is not None and t is not None for f, t in zip(fired, truth, strict=True))
+def score(fired: Sequence[int | None], truths: Sequence[int | None]) -> dict[str, Any]:
+    tp = sum(f is not None and t is not None for f, t in zip(fired, truths, strict=True))
     n_fired = sum(f is not None for f in fired)
-    n_true = sum(t is not None for t in truth)
-    p = tp / n_fired if n_fired else None
-    r = tp / n_true if n_true else None
-    f1 = 2 * tp / (n_fired + n_true) if n_fired + n_true else None
-    leads = [f - t for f, t in zip(fired, truth, strict=True) if f is not None and t is not None]
-    return {"tp": tp, "fired": n_fired, "positives": n_true, "precision": p, "recall": r, "f1": f1,
+    n_true = sum(t is not None for t in truths)
+    n_healthy = len(truths) - n_true
+    leads = [f - t for f, t in zip(fired, truths, strict=True) if f is not None and t is not None]
+    return {"tp": tp, "fired": n_fired, "positives": n_true, "healthy": n_healthy, "false_alarms": n_fired - tp,
+            "precision": tp / n_fired if n_fired else None, "recall": tp / n_true if n_true else None,
+            "false_alarm_rate": (n_fired - tp) / n_healthy if n_healthy else None,
+            "f1": 2 * tp / (n_fired + n_true) if n_fired + n_true else None,
             "median_lead_reports": statistics.median(leads) if leads else None}
 
 
-def calibrate(detector: Detector, grid: Sequence[Any], histories, truth, rule: str) -> tuple[Any, dict] | None:
-    """The grid threshold that maximises F1 (rule 'f1'), or recall subject to precision >= 0.85 (rule 'p85').
-    Ties go to the higher precision, then to the later grid entry (the more conservative threshold)."""
+def calibrate(detector: Detector, grid: Sequence[Any], histories: Sequence[Sequence[dict]]) -> tuple[Any, dict]:
+    """The grid threshold with the highest F1 on these histories; ties go to the higher precision, then to the
+    later grid entry (the more conservative threshold)."""
+    truths = [truth(h) for h in histories]
     best = None
     for k, t in enumerate(grid):
-        s = score([detector(h, t) for h in histories], truth)
-        if rule == "f1":
-            key = (s["f1"] or 0, s["precision"] or 0, k)
-        elif s["precision"] is not None and s["precision"] >= PRECISION_FLOOR:
-            key = (s["recall"] or 0, s["precision"], k)
-        else:
-            continue
+        s = score([detector(h, t) for h in histories], truths)
+        key = (s["f1"] or 0, s["precision"] or 0, k)
         if best is None or key > best[0]:
             best = (key, t, s)
-    return (best[1], best[2]) if best else None
+    return best[1], best[2]
+
+
+def evaluate(detector: Detector, threshold: Any, histories: Sequence[Sequence[dict]]) -> dict[str, Any]:
+    return score([detector(h, threshold) for h in histories], [truth(h) for h in histories])
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def frac(s: dict, what: str) -> str:
-    num, den = s["tp"], s["fired"] if what == "precision" else s["positives"]
-    return f"{fmt(s[what])} ({num}/{den})"
+def thr_text(t: Any) -> str:
+    return ", ".join(f"{x:g}" for x in t) if isinstance(t, (tuple, list)) else f"{t:g}"
 
 
-# Ground truths: the brief's (answer quality OR clean accuracy), and answer-quality collapse alone (the failure
-# that pair accuracy hides; clean accuracy wobbles by 0.05 = 7 of 128 pairs in healthy runs too).
-TRUTHS: dict[str, Callable[[Sequence[dict]], int | None]] = {
-    f"answers >= {ANSWER_DROP} below peak OR clean accuracy >= {ACCURACY_DROP} below peak": degraded_at,
-    f"answers >= {ANSWER_DROP} below peak (answer collapse only)": lambda h: degraded_at(h, accuracy_drop=2.0),
-}
+def cell_text(s: dict) -> str:
+    """'P 0.90 (9/10), R 1.00 (9/9), FA 0.05 (1/20)'."""
+    return (f"P {fmt(s['precision'])} ({s['tp']}/{s['fired']}), R {fmt(s['recall'])} ({s['tp']}/{s['positives']}), "
+            f"FA {fmt(s['false_alarm_rate'])} ({s['false_alarms']}/{s['healthy']})")
 
 
-def analyse(records: list[dict], calib_seeds: set[int], test_seeds: set[int],
-            truth_fn: Callable[[Sequence[dict]], int | None] = degraded_at) -> dict[str, Any]:
-    def seed(r):
-        return r["config"]["data.synthetic.seed"]
+def seed_of(rec: dict) -> int:
+    return rec["config"]["dpo.seed"]  # both grids seed the data with the same number
 
-    calib = [r["history"] for r in records if seed(r) in calib_seeds]
-    test = [r["history"] for r in records if seed(r) in test_seeds]
-    truth_c, truth_t = [truth_fn(h) for h in calib], [truth_fn(h) for h in test]
+
+def analyse(tasks: dict[str, tuple[list[dict], set[int]]]) -> dict[str, Any]:
+    """`tasks`: name -> (records, calibration seeds; the rest are held out). Rows per candidate: within each
+    task (calibration -> held-out seeds), across tasks (all of one -> all of the other), and both tasks'
+    calibration seeds together -> both tasks' held-out seeds."""
+    split = {name: ([r["history"] for r in recs if seed_of(r) in calib],
+                    [r["history"] for r in recs if seed_of(r) not in calib]) for name, (recs, calib) in tasks.items()}
+    whole = {name: c + t for name, (c, t) in split.items()}
+    names = list(tasks)
     rows = []
-    for name, (det, grid, meaning) in CANDIDATES.items():
-        for rule in ("f1", "p85"):
-            chosen = calibrate(det, grid, calib, truth_c, rule)
-            if chosen is None:
-                rows.append({"detector": name, "rule": rule, "threshold": None, "meaning": meaning})
-                continue
-            t, s_c = chosen
-            s_t = score([det(h, t) for h in test], truth_t)
-            rows.append({"detector": name, "rule": rule, "threshold": t, "meaning": meaning, "calib": s_c,
-                         "test": s_t})
-    # The practitioner's rule as written: 10% within one epoch.
-    rise = CANDIDATES["a reward rise (practitioner)"][0]
-    s_c = score([rise(h, TEXTBOOK_RISE) for h in calib], truth_c)
-    s_t = score([rise(h, TEXTBOOK_RISE) for h in test], truth_t)
-    rows.append({"detector": "a reward rise (practitioner)", "rule": "textbook", "threshold": TEXTBOOK_RISE,
-                 "meaning": CANDIDATES["a reward rise (practitioner)"][2], "calib": s_c, "test": s_t})
-    all_h = calib + test
-    fired_epoch1 = sum(1 for h in all_h if (i := rise(h, TEXTBOOK_RISE)) is not None and i < REPORTS_PER_EPOCH)
-    return {"rows": rows, "n_calib": len(calib), "n_test": len(test),
-            "degraded_calib": sum(t is not None for t in truth_c), "degraded_test": sum(t is not None for t in truth_t),
-            "textbook_fired_in_epoch1": fired_epoch1,
-            "textbook_fired": sum(rise(h, TEXTBOOK_RISE) is not None for h in all_h)}
+    for cand, (det, grid, meaning) in CANDIDATES.items():
+        row: dict[str, Any] = {"signal": cand, "meaning": meaning, "within": {}, "across": {}, "joint": {}}
+        for name, (calib, test) in split.items():
+            t, _ = calibrate(det, grid, calib)
+            row["within"][name] = {"threshold": t, "held_out": evaluate(det, t, test)}
+        for a in names:
+            for b in names:
+                if a != b:
+                    t, _ = calibrate(det, grid, whole[a])
+                    row["across"][f"{a} -> {b}"] = {"threshold": t, "scored": evaluate(det, t, whole[b])}
+        t, _ = calibrate(det, grid, [h for c, _ in split.values() for h in c])
+        row["joint"] = {"threshold": t, **{name: evaluate(det, t, test) for name, (_, test) in split.items()}}
+        rows.append(row)
+    textbook = {name: evaluate(CANDIDATES["reward_rise (practitioner)"][0], TEXTBOOK_RISE, hs)
+                for name, hs in whole.items()}
+    return {"rows": rows, "textbook_reward_rise": textbook,
+            "tasks": {name: {"trials": len(whole[name]), "degraded": sum(truth(h) is not None for h in whole[name]),
+                             "calibration_trials": len(split[name][0]), "held_out_trials": len(split[name][1])}
+                      for name in names}}
 
 
-def by_cell(records: list[dict]) -> list[str]:
-    """Degraded trials per (noise, beta, lr), as 'any / answers': where the positives are."""
-    cells: dict[tuple, list[tuple[bool, bool]]] = {}
+def holds(row: dict, floor: float = 0.85, max_false_alarms: float = 0.10) -> bool:
+    """Precision and recall >= floor and false alarms <= max across tasks, both ways."""
+    return all((s := v["scored"])["precision"] is not None and s["precision"] >= floor and (s["recall"] or 0) >= floor
+               and (s["false_alarm_rate"] or 0) <= max_false_alarms for v in row["across"].values())
+
+
+def by_cell(records: list[dict], keys: Sequence[str]) -> list[str]:
+    """Degraded trials per cell of `keys` (the last key across the columns)."""
+    cells: dict[tuple, list[bool]] = {}
     for r in records:
-        c = r["config"]
-        key = (c["data.synthetic.label_noise"], c["dpo.beta"], c["dpo.learning_rate"])
-        h = r["history"]
-        cells.setdefault(key, []).append((degraded_at(h) is not None, degraded_at(h, accuracy_drop=2.0) is not None))
-    lrs = sorted({k[2] for k in cells})
-    lines = ["| noise | beta | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
-             "|---|---|" + "---|" * len(lrs)]
-    for noise, beta in sorted({k[:2] for k in cells}):
-        vals = [cells.get((noise, beta, lr), []) for lr in lrs]
-        lines.append(f"| {noise:g} | {beta:g} | "
-                     + " | ".join(f"{sum(a for a, _ in v)} / {sum(b for _, b in v)} of {len(v)}" for v in vals) + " |")
+        cells.setdefault(tuple(r["config"][k] for k in keys), []).append(truth(r["history"]) is not None)
+    cols = sorted({k[-1] for k in cells})
+    head = [k.split(".")[-1] for k in keys[:-1]]
+    lines = ["| " + " | ".join(head) + " | " + " | ".join(f"{keys[-1].split('.')[-1]} {c:g}" for c in cols) + " |",
+             "|" + "---|" * (len(head) + len(cols))]
+    for row in sorted({k[:-1] for k in cells}):
+        vals = [cells.get((*row, c), []) for c in cols]
+        lines.append("| " + " | ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in row) + " | "
+                     + " | ".join(f"{sum(v)}/{len(v)}" for v in vals) + " |")
     return lines
 
 
-def render_table(title: str, result: dict[str, Any], args) -> list[str]:
-    lines = [
-        f"## Ground truth: {title}",
-        "",
-        (f"Degraded: {result['degraded_calib']}/{result['n_calib']} calibration trials (seeds {args.calib_seeds}), "
-         f"{result['degraded_test']}/{result['n_test']} held-out (seeds {args.test_seeds})."),
-        "",
-        "| detector | rule | threshold | calib P | calib R | calib F1 | held-out P | held-out R | held-out F1 | lead |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def render(result: dict[str, Any], tasks: dict[str, tuple[list[dict], set[int]]], seconds: float) -> str:
+    names = list(tasks)
+    lines = [(f"Measured by `benchmarks/detector_calibration.py` ({seconds / 60:.0f} min of trials on one CPU "
+             "thread). Degraded = greedy probe answers (exact or valid rate) 0.2 below their peak, the reference "
+             "model's included."), ""]
+    for name in names:
+        info = result["tasks"][name]
+        lines.append(f"- {name}: {info['degraded']}/{info['trials']} trials degraded; calibration seeds "
+                     f"{sorted(tasks[name][1])} ({info['calibration_trials']} trials), the rest held out "
+                     f"({info['held_out_trials']}).")
+    lines += ["", "| signal | " + " | ".join(f"{n}: threshold -> held-out" for n in names) + " | "
+              + " | ".join(f"{a} -> {b}" for a in names for b in names if a != b) + " |",
+              "|---|" + "---|" * (len(names) + len(names) * (len(names) - 1))]
     for row in result["rows"]:
-        if row["threshold"] is None:
-            lines.append(f"| {row['detector']} | {row['rule']} | none reaches P >= {PRECISION_FLOOR} "
-                         "| | | | | | | |")
-            continue
-        c, t = row["calib"], row["test"]
-        thr = row["threshold"]
-        thr = ", ".join(f"{x:g}" for x in thr) if isinstance(thr, (tuple, list)) else f"{thr:g}"
-        lines.append(f"| {row['detector']} | {row['rule']} | {thr} | {frac(c, 'precision')} | {frac(c, 'recall')} | "
-                     f"{fmt(c['f1'])} | {frac(t, 'precision')} | {frac(t, 'recall')} | {fmt(t['f1'])} | "
-                     f"{fmt(t['median_lead_reports'], 1)} |")
-    best = max((r for r in result["rows"] if r["threshold"] is not None and r["rule"] != "textbook"),
-               key=lambda r: (r["test"]["f1"] or 0, r["calib"]["f1"] or 0))
-    lines += ["", (f"Best on held-out seeds (F1): {best['detector']} ({best['rule']}, threshold {best['threshold']}: "
-                   f"{best['meaning']}): precision {frac(best['test'], 'precision')}, "
-                   f"recall {frac(best['test'], 'recall')}."), ""]
-    return lines
+        within = [f"{thr_text(row['within'][n]['threshold'])} -> {cell_text(row['within'][n]['held_out'])}"
+                  for n in names]
+        across = [f"{thr_text(v['threshold'])} -> {cell_text(v['scored'])}" for v in row["across"].values()]
+        lines.append(f"| {row['signal']} | " + " | ".join(within + across) + " |")
+    lines += ["", "| signal | threshold from both tasks' calibration seeds | "
+              + " | ".join(f"{n} held-out" for n in names) + " | holds across tasks |", "|---|---|" + "---|" * len(names) + "---|"]
+    for row in result["rows"]:
+        j = row["joint"]
+        lines.append(f"| {row['signal']} | {thr_text(j['threshold'])} ({row['meaning']}) | "
+                     + " | ".join(cell_text(j[n]) for n in names) + f" | {'yes' if holds(row) else 'no'} |")
+    tb = result["textbook_reward_rise"]
+    lines += ["", "The practitioner's rule as written (held-out margin up 10% within an epoch): "
+              + "; ".join(f"{n}: {cell_text(tb[n])}" for n in names) + ".",
+              "", ("P: precision (true flags / flags), R: recall (true flags / degraded trials), FA: false alarms "
+              "(flags / trials whose answers held).")]
+    return "\n".join(lines) + "\n"
 
 
-def early_collapse(records: list[dict]) -> int:
-    return sum(r["history"][0]["answer_exact_rate"] < ANSWER_DROP for r in records if r["history"])
-
-
-def render(results: dict[str, dict[str, Any]], records: list[dict], args, seconds: float) -> str:
-    first = next(iter(results.values()))
-    n_all = first["n_calib"] + first["n_test"]
-    lines = [
-        "# Reward-hacking detectors vs ground truth (synthetic task, tiny-llama, CPU)",
-        "",
-        f"{len(records)} trials; compute {seconds / 60:.1f} min of trials (one thread, one at a time).",
-        "",
-        "Degraded trials per cell, 'any criterion / answer collapse of n seeds':",
-        "",
-        *by_cell(records),
-        "",
-        (f"The practitioner's rule at its textbook 10% fired in {first['textbook_fired']}/{n_all} trials, "
-         f"{first['textbook_fired_in_epoch1']}/{n_all} already in epoch 1."),
-        "",
-        (f"Blind spot of the running-peak ground truth: {early_collapse(records)}/{len(records)} trials answered "
-         f"< {ANSWER_DROP} of the probes already at their first report (collapsed before it; peak never high), so "
-         "they count as not degraded, and a detector that flags them counts a false positive."),
-        "",
-        ("Precision and recall are per trial (flagged at any report); lead = median (fire report - degradation "
-         "report) over held-out true positives, negative = early warning. Rule f1: threshold maximising calibration "
-         f"F1; p85: best calibration recall with precision >= {PRECISION_FLOOR}; textbook: the practitioner's 10%."),
-        "",
-    ]
-    for title, result in results.items():
-        lines += render_table(title, result, args)
-    return "\n".join(lines)
+def replace_readme_block(path: Path, name: str, text: str) -> None:
+    """Put `text` between the '<!-- name:begin -->' and '<!-- name:end -->' lines of a Markdown file."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    doc = path.read_text()
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{path} has no {begin} ... {end} block to rewrite")
+    head, rest = doc.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{text.rstrip()}\n{end}{rest.split(end, 1)[1]}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--calib-seeds", type=int, nargs="+", default=None, help="default 0 1 2 (quick: 0)")
-    ap.add_argument("--test-seeds", type=int, nargs="+", default=None, help="default 3 4 5 (quick: 1)")
-    ap.add_argument("--noises", type=float, nargs="+", default=[0.0, 0.2], help="label noise levels of the grid")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help=f"results dir (default {DEFAULT_OUT}; quick: <out>/quick)")
-    ap.add_argument("--quick", action="store_true", help="2 seeds, 2 betas x 2 lrs, a quarter of the data (~2 min)")
+    ap.add_argument("--cache-dir", default=None, help="model cache (default $DPO_SWEEP_CACHE or /tmp/dpo-cache)")
+    ap.add_argument("--quick", action="store_true", help="tiny-llama only, 2 seeds, a quarter of the data (~2 min)")
+    ap.add_argument("--readme", default=None, help="rewrite the block between this file's detector_calibration markers")
     args = ap.parse_args()
     out = Path(args.out) / ("quick" if args.quick else "")
-    args.calib_seeds = args.calib_seeds or ([0] if args.quick else [0, 1, 2])
-    args.test_seeds = args.test_seeds or ([1] if args.quick else [3, 4, 5])
-    seeds = sorted(set(args.calib_seeds) | set(args.test_seeds))
-    if args.quick:
-        configs = grid_configs(seeds, noises=args.noises[:1], betas=(0.01, 0.5), lrs=(5e-4, 5e-3))
-        base = {**BASE, **QUICK}
-    else:
-        configs, base = grid_configs(seeds, noises=args.noises), BASE
+    log = lambda s: print(s, flush=True)
     t0 = time.perf_counter()
-    records = run_histories(configs, out, base=base, log=lambda s: print(s, flush=True))
-    seconds = total_seconds(records)
-    results = {title: analyse(records, set(args.calib_seeds), set(args.test_seeds), fn) for title, fn in TRUTHS.items()}
-    text = render(results, records, args, seconds)
+    if args.quick:  # a check that the script works: two halves of a small synthetic grid stand in for two tasks
+        recs = run_histories(grid_configs((0, 1), noises=(0.0,), betas=(0.01, 0.5), lrs=(5e-4, 5e-3)), out,
+                             base={**BASE, **QUICK}, cache_dir=args.cache_dir, log=log)
+        tasks = {"beta 0.01": ([r for r in recs if r["config"]["dpo.beta"] == 0.01], {0}),
+                 "beta 0.5": ([r for r in recs if r["config"]["dpo.beta"] == 0.5], {0})}
+    else:
+        synthetic = run_histories(grid_configs(SYNTHETIC_SEEDS), out, base=BASE, cache_dir=args.cache_dir, log=log)
+        real = run_histories(real_grid_configs(REAL_SEEDS), out / "real", base=REAL_BASE, cache_dir=args.cache_dir,
+                             log=log)
+        tasks = {"synthetic": (synthetic, set(SYNTHETIC_CALIB)), "real": (real, set(REAL_CALIB))}
+    result = analyse(tasks)
+    text = render(result, tasks, sum(total_seconds(recs) for recs, _ in tasks.values()))
     print(text)
     (out / "detector_calibration.md").write_text(text)
-    (out / "detector_calibration.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "detector_calibration.json").write_text(json.dumps(result, indent=1, default=str))
+    if args.readme:
+        replace_readme_block(Path(args.readme), "detector_calibration", text)
+        print(f"rewrote the detector_calibration block of {args.readme}")
     print(f"wrote {out / 'detector_calibration.md'}; this run {time.perf_counter() - t0:.0f}s wall")
 
 

@@ -45,6 +45,25 @@ BASE: dict[str, Any] = {
     "dpo.num_train_epochs": 2,
     "reward_hacking.enabled": False,  # the detectors run afterwards on the history, not inside the trial
 }
+# The real-model task: SmolLM2-135M-Instruct in NF4 with LoRA (the `dpo-sweep run smollm2` set-up) on the bundled
+# arithmetic chat task. 64 pairs / batch 8 = 8 steps, a report every 2; 40 probe questions, 32 held-out pairs.
+REAL_BASE: dict[str, Any] = {
+    "model.name_or_path": "smollm2-135m",
+    "model.quantization": "nf4",
+    "lora.r": 16,
+    "lora.alpha": 32,
+    "data.source": "arithmetic",
+    "data.arithmetic.num_train": 64,
+    "data.arithmetic.num_eval": 32,
+    "data.arithmetic.num_probe": 40,
+    "data.arithmetic.form": "short",
+    "dpo.per_device_train_batch_size": 8,
+    "dpo.per_device_eval_batch_size": 40,
+    "dpo.max_length": 64,
+    "dpo.reports_per_epoch": 4,
+    "dpo.num_train_epochs": 1,
+    "reward_hacking.enabled": False,
+}
 # A quick mode for checking that a script works: a quarter of the data.
 QUICK: dict[str, Any] = {"data.synthetic.num_train": 128, "data.synthetic.num_eval": 128,
                          "data.synthetic.num_probe": 32}

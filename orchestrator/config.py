@@ -141,7 +141,8 @@ def validate_sweep_config(raw: dict[str, Any], source: str | None = None) -> Swe
     try:
         cfg = SweepConfig.model_validate(raw)
     except ValidationError as e:
-        problems += [p for p in format_validation_error(e, SweepConfig) if not p.startswith("trial.")]
+        # The trial's problems came from validate_trial_spec above, with the trial's own field names.
+        problems += [p for p in format_validation_error(e, SweepConfig) if p.split(":")[0].split(".")[0] != "trial"]
         cfg = None
     if problems:
         raise ConfigError(problems, source=source)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from trainables.arithmetic import make_task
-from trainables.config import ArithmeticSettings, TrialSpec
+from trainables.config import ArithmeticSettings, RewardHackingSettings, TrialSpec
 from trainables.gguf_models import SMOLLM2, ensure_converted, smollm2_gguf_path
 from trainables.model import load_base_model, resolve_compute_dtype
 from trainables.trial import build_trainer, run_trial
@@ -156,3 +156,38 @@ def test_named_spaces_pass_preflight_on_a_real_model_sweep(smollm2_cache, tmp_pa
         })
         pre = run_preflight(cfg, log=quiet)
         assert pre.train_rows == 192 and pre.num_trials, name
+
+
+def _flag_run(cache: str, out, learning_rate: float) -> tuple[list[dict], str]:
+    """A 4-step trial of the default reward-hacking flag; (reports, the report lines `dpo-sweep trial` prints)."""
+    import io
+
+    from orchestrator.cli import MetricPrinter
+
+    spec = real_spec(cache, out, data={"arithmetic": {"num_train": 32, "num_probe": 16}},
+                     dpo={"learning_rate": learning_rate, "reports_per_epoch": 2, "precompute_ref_log_probs": True})
+    assert spec.reward_hacking == RewardHackingSettings()  # the defaults, untouched
+    reports, lines = [], io.StringIO()
+    printer = MetricPrinter(out=lines)
+
+    def report(m, c):
+        reports.append(m)
+        printer(m, c)
+
+    run_trial(spec, report, log=quiet)
+    return reports, lines.getvalue()
+
+
+def test_default_flag_spares_a_healthy_real_trial_and_names_the_signal_on_a_destroyed_one(smollm2_cache, tmp_path):
+    signal = RewardHackingSettings().signals[0]
+    # lr 1e-3 at beta 0.1: the adapter learns (held-out pairs move), answers hold.
+    healthy, printed = _flag_run(smollm2_cache, tmp_path / "healthy", 1e-3)
+    ref = healthy[0]["ref_answer_exact_rate"]
+    assert all(m["answer_exact_rate"] >= ref - 0.05 for m in healthy), [m["answer_exact_rate"] for m in healthy]
+    assert healthy[-1]["eval_rewards_margins"] > 0  # it moved: a trial that did nothing proves nothing
+    assert not any(m["reward_hack_flag"] for m in healthy) and "REWARD-HACKING" not in printed
+    # lr 1e-2, ~100x what moves this model gently: the answers break.
+    destroyed, printed = _flag_run(smollm2_cache, tmp_path / "destroyed", 1e-2)
+    assert destroyed[-1]["answer_valid_rate"] < 0.5 * destroyed[-1]["ref_answer_valid_rate"]
+    assert destroyed[-1]["reward_hack_flag"] == 1 and destroyed[-1]["reward_hack_signal"] == signal
+    assert f"REWARD-HACKING FLAG ({signal})" in printed

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainables.config import RewardHackingSettings
+from trainables import detectors
+from trainables.config import RewardHackingSettings, TrialSpec
 from trainables.reward_hacking import RewardHackingMonitor
 
 
@@ -51,24 +52,8 @@ def test_state_round_trips_for_resume():
         "reward_hack_flag"] == 1
 
 
-def test_default_signal_is_the_chosen_logp_drop_and_the_flag_says_what_it_saw():
-    m = RewardHackingMonitor(RewardHackingSettings(), 4)
-    assert m.settings.signals == ["chosen_logp_drop"]
-    # The reward margin shoots up (the practitioner's rule would fire at once) while the chosen answers
-    # hold their probability: no flag. Then they lose it: flag, at that report.
-    logps = [-0.60, -0.55, -0.52, -0.50, -0.58, -0.75]
-    margins = [0.01, 0.2, 0.5, 0.9, 1.5, 2.5]
-    out = [m.update({"step": 8 * (i + 1), "eval_logps_chosen": lp, "eval_rewards_margins": mg})
-           for i, (lp, mg) in enumerate(zip(logps, margins, strict=True))]
-    assert [o["reward_hack_flag"] for o in out] == [0, 0, 0, 0, 0, 1]
-    assert out[1]["reward_hack_rel_change"] > 10  # the rule's view, reported as context only
-    assert m.flagged_at_step == 48 and m.signal == "chosen_logp_drop"
-    assert out[-1]["reward_hack_signal"] == "chosen_logp_drop"
-    assert out[-1]["reward_hack_detail"] == "held-out chosen log-prob fell 0.25 nats below its peak (threshold 0.1)"
-
-
 def test_several_signals_the_first_to_fire_names_the_flag():
-    settings = RewardHackingSettings(signals=["chosen_logp_drop", "drift"], drift=1.0)
+    settings = RewardHackingSettings(signals=["chosen_logp_drop", "drift"], chosen_logp_drop=0.1, drift=1.0)
     m = RewardHackingMonitor(settings, 4)
     m.update({"step": 1, "eval_logps_chosen": -0.5, "eval_abs_logratio": 0.3})
     out = m.update({"step": 2, "eval_logps_chosen": -0.5, "eval_abs_logratio": 1.2})
@@ -76,6 +61,67 @@ def test_several_signals_the_first_to_fire_names_the_flag():
     assert m.signal == "drift" and "reached 1.20 nats" in m.detail
     out = m.update({"step": 3, "eval_logps_chosen": -0.9, "eval_abs_logratio": 1.5})
     assert out["reward_hack_chosen_logp_drop"] == 1 and m.signal == "drift"  # the first signal keeps the flag
+
+
+def test_per_token_displacement_reads_the_same_on_short_and_long_completions():
+    # The measured long-completion trial (answers improved 0.20 -> 0.425): the summed chosen log-prob
+    # fell 5.6 nats below its peak over ~40 tokens. The running-peak sum flags it; per token it is -0.14.
+    long_healthy = [{"step": 6, "eval_logps_chosen": -48.8, "eval_chosen_logratio_per_token": -0.05},
+                    {"step": 12, "eval_logps_chosen": -54.4, "eval_chosen_logratio_per_token": -0.14}]
+    assert detectors.chosen_logp_drop(long_healthy, 1.0) == 1
+    assert detectors.chosen_displacement(long_healthy, 0.5) is None
+    # A short answer destroyed: -96.7 nats over ~13 tokens, -7.5 per token (measured, lr 1e-2).
+    destroyed = [{"step": 2, "eval_logps_chosen": -96.7, "eval_chosen_logratio_per_token": -7.48}]
+    assert detectors.chosen_displacement(destroyed, 0.5) == 0  # no peak needed: the first report is enough
+    m = RewardHackingMonitor(RewardHackingSettings(signals=["chosen_displacement"], chosen_displacement=0.5), 4)
+    m.update(destroyed[0])
+    assert m.flagged_at_step == 2 and m.signal == "chosen_displacement"
+    assert m.detail == "held-out chosen completions fell 7.48 nats/token below the reference (threshold 0.5)"
+
+
+def test_length_drift_is_relative_to_the_reference_model_both_ways():
+    ref = {"ref_answer_length_tokens": 12.0}
+    assert detectors.length_drift([{**ref, "answer_length_tokens": 16.0}], 0.5) is None  # +33%
+    assert detectors.length_drift([{**ref, "answer_length_tokens": 13.0}, {**ref, "answer_length_tokens": 19.0}],
+                                  0.5) == 1  # +58%: rambling to the cap
+    assert detectors.length_drift([{**ref, "answer_length_tokens": 5.0}], 0.5) == 0  # stops at once
+    assert detectors.length_drift([{"answer_length_tokens": 50.0}], 0.5) is None  # no reference: nothing to say
+    m = RewardHackingMonitor(RewardHackingSettings(signals=["length_drift"]), 4)
+    m.update({"step": 4, **ref, "answer_length_tokens": 20.0})
+    assert m.detail == "greedy answers are 20.0 tokens long against the reference's 12.0 (threshold 0.5 of it)"
+
+
+def test_answer_drop_counts_from_the_reference_so_a_collapse_before_the_first_report_is_seen():
+    ref = {"ref_answer_exact_rate": 0.8, "ref_answer_valid_rate": 1.0}
+    collapsed_early = [{**ref, "answer_exact_rate": 0.3, "answer_valid_rate": 1.0}]
+    assert detectors.answer_drop(collapsed_early, 0.2) == 0
+    improving = [{**ref, "answer_exact_rate": 0.85, "answer_valid_rate": 1.0},
+                 {**ref, "answer_exact_rate": 0.7, "answer_valid_rate": 1.0},   # 0.15 below the peak
+                 {**ref, "answer_exact_rate": 0.7, "answer_valid_rate": 0.75}]  # valid answers broke
+    assert detectors.answer_drop(improving, 0.2) == 2
+    # Without the reference the running peak starts at the first report and misses the early collapse.
+    assert detectors.answer_drop([{"answer_exact_rate": 0.3, "answer_valid_rate": 1.0}], 0.2) is None
+
+
+def test_state_round_trips_with_the_reference_values():
+    m = RewardHackingMonitor(RewardHackingSettings(signals=["answer_drop"]), 4)
+    m.update({"step": 2, "ref_answer_exact_rate": 0.8, "answer_exact_rate": 0.75})
+    restored = RewardHackingMonitor.from_state(m.settings, m.state())
+    out = restored.update({"step": 4, "ref_answer_exact_rate": 0.8, "answer_exact_rate": 0.55})
+    assert out["reward_hack_flag"] == 1 and restored.flagged_at_step == 4
+
+
+@pytest.mark.parametrize("signal", ["length_drift", "answer_drop"])
+def test_signals_that_read_probe_answers_are_refused_without_probes(signal):
+    with pytest.raises(ValueError, match=f"reward_hacking.signals: {signal} read"):
+        TrialSpec.model_validate({"data": {"source": "pairs.jsonl"}, "reward_hacking": {"signals": [signal]}})
+    with pytest.raises(ValueError, match="num_probe > 0"):
+        TrialSpec.model_validate({"data": {"source": "synthetic", "synthetic": {"num_probe": 0}},
+                                  "reward_hacking": {"signals": [signal]}})
+    assert TrialSpec.model_validate({"data": {"source": "synthetic"}, "reward_hacking": {"signals": [signal]}})
+    # Switched off, it asks for nothing.
+    assert TrialSpec.model_validate({"data": {"source": "pairs.jsonl"},
+                                     "reward_hacking": {"enabled": False, "signals": [signal]}})
 
 
 def test_unknown_signal_is_refused():

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from trainables.model import load_base_model
-from trainables.probes import sequence_logps
+from trainables.probes import reference_divergence, sequence_logps
 from trainables.synthetic import SyntheticSettings, make_task
 from trainables.trial import build_trainer, report_steps, run_trial
 
@@ -36,8 +36,11 @@ def test_nf4_qlora_trial_learns_the_rule_with_a_frozen_4bit_base(make_spec):
     for metrics, ckpt in reports:
         for key in ("eval_loss", "eval_rewards_accuracies", "eval_rewards_margins", "eval_rewards_chosen",
                     "eval_rewards_rejected", "eval_logps_chosen", "eval_logps_rejected", "train_loss",
-                    "answer_exact_rate", "epoch", "step"):
+                    "answer_exact_rate", "epoch", "step", "eval_chosen_logratio_per_token",
+                    "eval_abs_logratio_per_token", "ref_answer_exact_rate", "ref_answer_length_tokens"):
             assert key in metrics and math.isfinite(metrics[key]), key
+    # The reference model's answers are measured once, before the first step, and carried unchanged.
+    assert len({m["ref_answer_exact_rate"] for m, _ in reports}) == 1
     _, last_ckpt = reports[-1]
     for name in ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json", "optimizer.pt"):
         assert Path(last_ckpt, name).is_file(), name
@@ -113,13 +116,42 @@ def _loss_and_margins(make_spec, label_smoothing, loss_type="sigmoid"):
     batch = next(iter(trainer.get_train_dataloader()))
     with torch.no_grad():
         loss = trainer.compute_loss(model, batch).item()
-        policy = sequence_logps(model, batch)
+        policy, _ = sequence_logps(model, batch)
         with model.disable_adapter():
-            ref = sequence_logps(model, batch)
+            ref, _ = sequence_logps(model, batch)
     pc, pr = policy.chunk(2)
     rc, rr = ref.chunk(2)
     x = spec.dpo.beta * ((pc - rc) - (pr - rr))
     return loss, x
+
+
+def test_reference_divergence_is_per_completion_and_per_token(make_spec):
+    spec = make_spec("divergence", model={"compute_dtype": "float32"})
+    trainer, _, _ = build_trainer(spec, lambda m, c: None, log=quiet)
+    model = trainer.model
+    batch = next(iter(trainer.get_eval_dataloader()))
+    fresh = reference_divergence(model, [batch])
+    assert fresh["eval_abs_logratio"] == 0 and fresh["eval_chosen_logratio_per_token"] == 0  # B = 0: the reference
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    moved = reference_divergence(model, [batch])
+    model.eval()
+    with torch.no_grad():
+        policy, _ = sequence_logps(model, batch)
+        with model.disable_adapter():
+            ref, _ = sequence_logps(model, batch)
+    # Completion lengths counted from the labels' mask, independently of sequence_logps.
+    lengths = batch["completion_mask"][:, 1:].sum(-1).float()
+    delta = policy - ref
+    chosen = len(delta) // 2
+    assert moved["eval_abs_logratio"] == pytest.approx(delta.abs().mean().item(), rel=1e-5)
+    assert moved["eval_abs_logratio_per_token"] == pytest.approx((delta.abs() / lengths).mean().item(), rel=1e-5)
+    assert moved["eval_chosen_logratio_per_token"] == pytest.approx(
+        (delta[:chosen] / lengths[:chosen]).mean().item(), rel=1e-5)
+    assert moved["eval_abs_logratio_per_token"] < moved["eval_abs_logratio"]  # completions are several tokens
 
 
 def test_cdpo_label_smoothing_changes_the_sigmoid_loss_by_the_cdpo_formula(make_spec):

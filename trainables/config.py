@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainables.detectors import SIGNALS
+
 # Loss types of TRL 1.16 that read `label_smoothing`, plus `sigmoid`, for which
 # dpo-sweep implements conservative DPO itself (TRL 1.16 silently drops it there).
 LABEL_SMOOTHING_LOSSES = ("sigmoid", "robust", "exo_pair", "aot", "aot_unpaired")
@@ -126,6 +128,12 @@ class DataSettings(StrictModel):
         """'synthetic' or 'arithmetic' when the data is a bundled task with checkable answers, else None."""
         return self.source if self.source in BUILTIN_TASKS else None
 
+    @property
+    def has_probes(self) -> bool:
+        """Whether trials generate answers to probe questions (a bundled task with num_probe > 0)."""
+        task = self.builtin_task
+        return task is not None and getattr(self, task).num_probe > 0
+
 
 class DPOSettings(StrictModel):
     beta: float = Field(0.1, gt=0, description="KL strength: >0.3 barely moves the policy, <0.05 risks reward hacking.")
@@ -177,27 +185,32 @@ def loss_problems(loss_type: Any, label_smoothing: Any) -> list[str]:
     return []
 
 
-HACKING_SIGNALS = ("chosen_logp_drop", "drift", "train_up_eval_down", "reward_rise")
+HACKING_SIGNALS = ("chosen_displacement", "drift_per_token", "length_drift", "answer_drop", "chosen_logp_drop", "drift",
+                   "train_up_eval_down", "reward_rise")
 
 
 class RewardHackingSettings(StrictModel):
     """When a trial is flagged as reward hacking: its policy degrading while its reward looks fine.
 
-    Signals (any that fires flags; the flag says which): `chosen_logp_drop` - the held-out chosen
-    log-prob fell below its running peak; `drift` - mean |log pi - log pi_ref| on held-out completions;
-    `train_up_eval_down` - the train reward margin rose while held-out accuracy fell; `reward_rise` - the
-    practitioner's rule, a held-out reward metric up more than `threshold` within one epoch. The default
-    is the signal that measured best against ground truth on the synthetic benchmark
-    (benchmarks/detector_calibration.py); the practitioner's rule fired in epoch 1 of every trial
-    there, so it is opt-in.
+    Any enabled signal that fires flags the trial, and the flag names it (`trainables.detectors` says what
+    each catches and misses). Each signal's threshold is the field of its name. The default is the signal
+    that held on both calibration tasks (benchmarks/detector_calibration.py, README "Reward hacking").
     """
 
     enabled: bool = True
     signals: list[Literal[HACKING_SIGNALS]] = Field(  # type: ignore[valid-type]
-        ["chosen_logp_drop"], min_length=1, description=f"Any of {', '.join(HACKING_SIGNALS)}.")
-    chosen_logp_drop: float = Field(0.1, gt=0, description="Nats the held-out chosen log-prob may fall below its "
-                                    "running peak (calibrated on the synthetic task's short answers).")
-    drift: float = Field(2.0, gt=0, description="Nats of mean |log pi - log pi_ref| on held-out completions.")
+        ["chosen_displacement"], min_length=1, description=f"Any of {', '.join(HACKING_SIGNALS)}.")
+    chosen_displacement: float = Field(0.5, gt=0, description="Nats per token the held-out chosen completions may "
+                                       "fall below the reference model's log-prob.")
+    drift_per_token: float = Field(0.5, gt=0, description="Nats per token of mean |log pi - log pi_ref| on "
+                                   "held-out completions.")
+    length_drift: float = Field(0.5, gt=0, description="Relative change of the greedy probe answers' length "
+                                "from the reference model's (bundled tasks).")
+    answer_drop: float = Field(0.2, gt=0, le=1, description="Fall of the probe answers' exact or valid rate below "
+                               "their peak, the reference's included (bundled tasks).")
+    chosen_logp_drop: float = Field(1.0, gt=0, description="Nats the held-out chosen log-prob (a sum over the "
+                                    "completion) may fall below its running peak.")
+    drift: float = Field(2.0, gt=0, description="Nats of mean |log pi - log pi_ref| per held-out completion.")
     train_up_eval_down: float = Field(0.03, gt=0, description="Fall of held-out accuracy between reports while "
                                       "the train reward margin rises.")
     metric: str = Field("eval_rewards_margins", description="reward_rise: the held-out reward metric watched.")
@@ -222,6 +235,17 @@ class TrialSpec(StrictModel):
     def _absolute(cls, v: str) -> str:
         # Ray changes a trial's working directory: only absolute paths survive.
         return str(Path(v).expanduser().resolve())
+
+    @model_validator(mode="after")
+    def _signals_have_their_inputs(self) -> TrialSpec:
+        rh = self.reward_hacking
+        blind = [s for s in rh.signals if s in SIGNALS and SIGNALS[s].needs_probes]
+        if rh.enabled and blind and not self.data.has_probes:
+            raise ValueError(
+                f"reward_hacking.signals: {', '.join(blind)} read(s) greedy answers to probe questions, which only the "
+                "bundled tasks (data.source synthetic or arithmetic, num_probe > 0) have; use chosen_displacement "
+                "or drift_per_token on your own data")
+        return self
 
 
 # Names people type for fields that are spelled otherwise here.
@@ -278,6 +302,8 @@ def format_validation_error(err: ValidationError, root: type[BaseModel] | None =
             problems.append(f"{name}: unknown key; {hint}")
         elif e["type"] == "missing":
             problems.append(f"{name}: required")
+        elif isinstance(e.get("input"), dict):  # a model's own check: its message names the fields
+            problems.append(msg if name == "(top level)" else f"{name}: {msg}")
         else:
             problems.append(f"{name}: {msg}, got {e.get('input')!r}")
     return problems

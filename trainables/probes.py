@@ -76,36 +76,53 @@ def answer_quality(model, tokenizer, probes: list[tuple[Any, str]], batch_size: 
     return {"answer_exact_rate": exact / n, "answer_valid_rate": valid / n, "answer_length_tokens": length / n}
 
 
-def sequence_logps(model, batch) -> torch.Tensor:
-    """Summed log-probs of each sequence's completion tokens (TRL's collated batch: chosen rows, then rejected)."""
+def sequence_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probs, token counts) of each sequence's completion (TRL's collated batch: chosen rows, then
+    rejected)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
     logp = logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
-    return (logp * batch["completion_mask"][:, 1:]).sum(-1)
+    mask = batch["completion_mask"][:, 1:]
+    return (logp * mask).sum(-1), mask.sum(-1).clamp(min=1)
 
 
 @torch.no_grad()
-def policy_drift(model, batches, max_pairs: int = 64) -> dict[str, float]:
-    """Mean |log pi(y|x) - log pi_ref(y|x)| over held-out completions, chosen and rejected alike.
+def reference_divergence(model, batches, max_pairs: int = 64) -> dict[str, float]:
+    """How far the policy's held-out log-probs moved from the reference's, over the first `max_pairs` pairs.
 
-    The reference is the base model with the adapter disabled, as in TRL's PEFT path, or the
-    batch's precomputed reference log-probs when it has them (then no reference forward runs). A
-    drift of more than ~1.4 nats predicted answer-quality collapse on the synthetic benchmark.
+    The reference is the base model with the adapter disabled, as in TRL's PEFT path, or the batch's
+    precomputed reference log-probs when it has them (then no reference forward runs). Per pair
+    delta(y) = log pi(y|x) - log pi_ref(y|x), summed over the completion's tokens; '_per_token' divides each
+    completion's delta by its length first, so the figure means the same on a 5-token answer and a
+    300-token one:
+
+        eval_abs_logratio               mean |delta| (nats per completion; chosen and rejected)
+        eval_abs_logratio_per_token     mean |delta| / length
+        eval_chosen_logratio_per_token  mean delta / length of chosen completions: below 0, the preferred
+                                        answers lost probability against the reference (likelihood displacement)
+        eval_rejected_logratio_per_token  the same of rejected completions
     """
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    deltas, lengths = [], []
     try:
         for batch in batches:
-            policy = sequence_logps(model, batch)
+            policy, n_tokens = sequence_logps(model, batch)
             if "ref_chosen_logps" in batch:
                 ref = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).to(policy)
             else:
                 with model.disable_adapter():
-                    ref = sequence_logps(model, batch)
-            total += (policy - ref).abs().sum().item()
-            count += policy.numel()
-            if count >= 2 * max_pairs:
+                    ref, _ = sequence_logps(model, batch)
+            deltas.append((policy - ref).view(2, -1))  # [chosen, rejected] x pairs
+            lengths.append(n_tokens.view(2, -1).to(policy))
+            if sum(d.shape[1] for d in deltas) >= max_pairs:
                 break
     finally:
         model.train(was_training)
-    return {"eval_abs_logratio": total / count} if count else {}
+    if not deltas:
+        return {}
+    delta, length = torch.cat(deltas, 1)[:, :max_pairs], torch.cat(lengths, 1)[:, :max_pairs]
+    per_token = delta / length
+    return {"eval_abs_logratio": delta.abs().mean().item(),
+            "eval_abs_logratio_per_token": per_token.abs().mean().item(),
+            "eval_chosen_logratio_per_token": per_token[0].mean().item(),
+            "eval_rejected_logratio_per_token": per_token[1].mean().item()}

@@ -25,34 +25,24 @@ from typing import Any
 from trainables import detectors
 from trainables.config import RewardHackingSettings
 
-WATCHED = ("step", "eval_logps_chosen", "eval_abs_logratio", "train_rewards_margins", "eval_rewards_accuracies")
+WATCHED = ("step", "eval_chosen_logratio_per_token", "eval_abs_logratio_per_token", "answer_length_tokens",
+           "answer_exact_rate", "answer_valid_rate", "eval_logps_chosen", "eval_abs_logratio",
+           "train_rewards_margins", "eval_rewards_accuracies")
+WATCHED_REFERENCE = tuple(detectors.REFERENCE_PREFIX + k for k in ("answer_length_tokens", "answer_exact_rate",
+                                                                   "answer_valid_rate"))
 
 
 def fire_index(name: str, settings: RewardHackingSettings, history: list[dict], reports_per_epoch: int) -> int | None:
-    if name == "chosen_logp_drop":
-        return detectors.chosen_logp_drop(history, settings.chosen_logp_drop)
-    if name == "drift":
-        return detectors.drift(history, settings.drift)
-    if name == "train_up_eval_down":
-        return detectors.train_up_eval_down(history, settings.train_up_eval_down)
-    return detectors.reward_rise(history, settings.threshold, reports_per_epoch, settings.metric)
+    if name == "reward_rise":
+        return detectors.reward_rise(history, settings.threshold, reports_per_epoch, settings.metric)
+    return detectors.SIGNALS[name].detect(history, getattr(settings, name))
 
 
 def describe(name: str, settings: RewardHackingSettings, history: list[dict], index: int) -> str:
     """What the signal saw, in words, at the report where it fired."""
-    now = history[index]
-    if name == "chosen_logp_drop":
-        peak = max(h["eval_logps_chosen"] for h in history[: index + 1] if "eval_logps_chosen" in h)
-        return (f"held-out chosen log-prob fell {peak - now['eval_logps_chosen']:.2f} nats below its peak "
-                f"(threshold {settings.chosen_logp_drop:g})")
-    if name == "drift":
-        return (f"mean |log pi - log pi_ref| on held-out completions reached {now['eval_abs_logratio']:.2f} nats "
-                f"(threshold {settings.drift:g})")
-    if name == "train_up_eval_down":
-        fall = history[index - 1]["eval_rewards_accuracies"] - now["eval_rewards_accuracies"]
-        return (f"train reward margin rose while held-out accuracy fell {fall:.3f} "
-                f"(threshold {settings.train_up_eval_down:g})")
-    return f"{settings.metric} rose more than {settings.threshold:.0%} within one epoch"
+    if name == "reward_rise":
+        return f"{settings.metric} rose more than {settings.threshold:.0%} within one epoch"
+    return detectors.SIGNALS[name].describe(history, index, getattr(settings, name))
 
 
 @dataclass
@@ -67,7 +57,7 @@ class RewardHackingMonitor:
     def update(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Metrics to add to this report: per-signal flags, the flag, which signal, and the practitioner's
         rule's relative change (context)."""
-        keys = (*WATCHED, self.settings.metric)
+        keys = (*WATCHED, *WATCHED_REFERENCE, self.settings.metric)
         self.history.append({k: float(metrics[k]) for k in keys if isinstance(metrics.get(k), (int, float))})
         out: dict[str, Any] = {}
         if self.settings.metric in self.history[-1]:

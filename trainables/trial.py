@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.config import ConfigError, TrialSpec
+from trainables.detectors import REFERENCE_PREFIX
 
 Report = Callable[[dict[str, Any], str | None], None]
 PRIMARY_METRIC = "eval_rewards_accuracies"
@@ -30,10 +31,14 @@ PRIMARY_METRIC = "eval_rewards_accuracies"
 EVAL_METRICS = (
     "eval_loss", "eval_rewards_accuracies", "eval_rewards_margins", "eval_rewards_chosen", "eval_rewards_rejected",
     "eval_logps_chosen", "eval_logps_rejected", "eval_logits_chosen", "eval_logits_rejected", "eval_entropy",
-    "eval_mean_token_accuracy", "eval_abs_logratio",
+    "eval_mean_token_accuracy", "eval_abs_logratio", "eval_abs_logratio_per_token", "eval_chosen_logratio_per_token",
+    "eval_rejected_logratio_per_token",
 )
 # Bundled tasks only (data.source synthetic or arithmetic): probes with known answers.
 ANSWER_METRICS = ("answer_exact_rate", "answer_valid_rate", "answer_length_tokens")
+# The reference model's answers to the same probes (`ref_answer_exact_rate`, ...) are measured once before the
+# first step and carried in every report: where the answer signals' peaks start, so a collapse before the first
+# report is still seen.
 
 
 def reported_metrics(has_probes: bool) -> set[str]:
@@ -131,10 +136,10 @@ def clean_metric_name(key: str) -> str:
 STATE_FILE = "dpo_sweep_state.json"  # beside each checkpoint: what the trial needs to resume its own bookkeeping
 
 
-def _make_callback(report: Report, spec: TrialSpec, probes, tokenizer):
+def _make_callback(report: Report, spec: TrialSpec, probes, tokenizer, log=print):
     from transformers import TrainerCallback
 
-    from trainables.probes import answer_quality, policy_drift, probe_settings
+    from trainables.probes import answer_quality, probe_settings, reference_divergence
     from trainables.reward_hacking import RewardHackingMonitor
 
     reports_per_epoch = spec.dpo.reports_per_epoch
@@ -150,17 +155,31 @@ def _make_callback(report: Report, spec: TrialSpec, probes, tokenizer):
             self.reports = 0
             self.last_metrics: dict[str, Any] = {}
             self.last_checkpoint: str | None = None
+            self.reference: dict[str, float] = {}
             self.monitor = (RewardHackingMonitor(spec.reward_hacking, reports_per_epoch)
                             if spec.reward_hacking.enabled else None)
 
         def restore(self, checkpoint_dir: str) -> None:
             path = Path(checkpoint_dir, STATE_FILE)
-            if self.monitor and path.is_file():
-                state = json.loads(path.read_text())
+            state = json.loads(path.read_text()) if path.is_file() else {}
+            self.reference = state.get("reference", {})
+            if self.monitor and "reward_hacking" in state:
                 self.monitor = RewardHackingMonitor.from_state(spec.reward_hacking, state["reward_hacking"])
 
-        def on_train_begin(self, args, state, control, **kw):
+        def on_train_begin(self, args, state, control, model=None, **kw):
             self.steps = set(report_steps(state.max_steps, math.ceil(args.num_train_epochs), reports_per_epoch))
+            if probes and model is not None and not self.reference:
+                if state.global_step == 0:  # a fresh LoRA adapter (B = 0) is the identity: this is the reference
+                    quality = self.probe(model)
+                else:  # a checkpoint of an older version, without the reference's answers
+                    with model.disable_adapter():
+                        quality = self.probe(model)
+                self.reference = {REFERENCE_PREFIX + k: v for k, v in quality.items()}
+                log("[trial] reference model: " + ", ".join(f"{k} {v:.3g}" for k, v in quality.items()))
+
+        def probe(self, model) -> dict[str, float]:
+            return answer_quality(model, tokenizer, probes, batch_size=spec.dpo.per_device_eval_batch_size,
+                                  max_new_tokens=max_new_tokens, score=score)
 
         def on_step_end(self, args, state, control, **kw):
             if state.global_step in self.steps:
@@ -175,15 +194,14 @@ def _make_callback(report: Report, spec: TrialSpec, probes, tokenizer):
             m = {clean_metric_name(k): v for k, v in (metrics or {}).items()
                  if k.startswith("eval_") and isinstance(v, (int, float))}
             if probes:
-                m.update(answer_quality(model, tokenizer, probes, batch_size=spec.dpo.per_device_eval_batch_size,
-                                        max_new_tokens=max_new_tokens, score=score))
+                m.update(self.probe(model))
             if eval_dataloader is not None:
-                m.update(policy_drift(model, eval_dataloader))
+                m.update(reference_divergence(model, eval_dataloader))
             self.pending = m
 
         def on_save(self, args, state, control, **kw):
             ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            metrics = {**(self.pending or {}), **self.train_logs, "step": state.global_step,
+            metrics = {**(self.pending or {}), **self.reference, **self.train_logs, "step": state.global_step,
                        "epoch": round(state.epoch or 0.0, 4)}
             self.pending = None
             # A NaN or Inf loss or metric does not come back: say so and stop spending compute on it.
@@ -191,11 +209,13 @@ def _make_callback(report: Report, spec: TrialSpec, probes, tokenizer):
             metrics["diverged"] = float(bool(non_finite))
             if non_finite:
                 control.should_training_stop = True
+            state = {"reference": self.reference}
             if self.monitor:
                 metrics.update(self.monitor.update(metrics))
-                Path(ckpt, STATE_FILE).write_text(json.dumps({"reward_hacking": self.monitor.state()}))
+                state["reward_hacking"] = self.monitor.state()
                 if self.monitor.should_stop:
                     control.should_training_stop = True
+            Path(ckpt, STATE_FILE).write_text(json.dumps(state))
             self.reports += 1
             self.last_metrics, self.last_checkpoint = metrics, ckpt
             report(metrics, ckpt)
@@ -240,7 +260,7 @@ def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_
     log(f"[trial] data: {data.description}; {train_ds.num_rows} train / {eval_ds.num_rows} eval pairs; "
         f"device {device}")
 
-    callback = _make_callback(report, spec, data.probes, tokenizer)
+    callback = _make_callback(report, spec, data.probes, tokenizer, log=log)
     trainer = SweepDPOTrainer(
         model=model,
         args=build_dpo_config(spec, device),
