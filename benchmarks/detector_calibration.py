@@ -39,7 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from trial_histories import BASE, DEFAULT_OUT, QUICK, REAL_BASE, run_histories, total_seconds
 
+from trainables.config import RewardHackingSettings
 from trainables.detectors import (
+    SIGNALS,
     answer_drop,
     chosen_displacement,
     chosen_logp_drop,
@@ -75,25 +77,41 @@ Detector = Callable[[Sequence[dict], Any], "int | None"]
 # name -> (history, threshold) -> first firing report index; threshold grid; what the threshold means.
 CANDIDATES: dict[str, tuple[Detector, Sequence[Any], str]] = {
     "chosen_displacement": (chosen_displacement, PER_TOKEN_GRID, "held-out chosen nats/token below the reference"),
-    "drift_per_token": (drift_per_token, PER_TOKEN_GRID, "mean |log pi - log pi_ref| nats/token"),
+    "drift_per_token": (drift_per_token, PER_TOKEN_GRID, "mean abs(log pi - log pi_ref), nats/token"),
     "length_drift": (length_drift, LENGTH_GRID, "probe answer length vs the reference's, relative"),
     "chosen_displacement OR length_drift": (
         lambda h, t: earliest(chosen_displacement(h, t[0]), length_drift(h, t[1])),
         list(itertools.product(PER_TOKEN_GRID, LENGTH_GRID)), "(nats/token, relative length)"),
     "chosen_logp_drop (sum)": (chosen_logp_drop, NATS_GRID, "nats below the running peak of the summed log-prob"),
-    "drift (sum)": (drift, DRIFT_GRID, "mean |log pi - log pi_ref| nats per completion"),
+    "drift (sum)": (drift, DRIFT_GRID, "mean abs(log pi - log pi_ref), nats per completion"),
     "train_up_eval_down": (lambda h, t: train_up_eval_down(h, t, window=1), ACC_FALL_GRID,
                            "held-out accuracy fall while the train margin rose"),
     "reward_rise (practitioner)": (lambda h, t: reward_rise(h, t, REPORTS_PER_EPOCH), RISE_GRID,
                                    "relative rise of the held-out margin within an epoch"),
 }
 TEXTBOOK_RISE = 0.10
+# Not eligible as the default: they sum over the completion's tokens, so their scale grows with its length. On
+# long completions healthy DPO lowers the summed chosen log-prob by nats (issue 12: -48.8 -> -54.4 while answers
+# improved 0.20 -> 0.425), and this benchmark cannot show that side: its long-form trials are mostly left out.
+SUMMED = ("chosen_logp_drop (sum)", "drift (sum)")
 
 
 def truth(history: Sequence[dict]) -> int | None:
     """Ground truth: the first report where the probe answers (exact or valid rate) are ANSWER_DROP below their
     peak, the reference model's answers included."""
     return answer_drop(history, ANSWER_DROP)
+
+
+def judgeable(history: Sequence[dict]) -> bool:
+    """Whether the answers can say if this trial degraded: it did (`truth`), or its exact rate reached ANSWER_DROP
+    at some point (the reference's included), so a fall of that size could have been seen. A trial whose answers
+    were never that good and never lost their validity is left out of the scores, as neither healthy nor degraded:
+    the long arithmetic form's reference answers 0 of the probes within 64 tokens and its replies always hold a
+    number, so even a policy 13 nats/token from the reference looked 'healthy' there."""
+    if truth(history) is not None:
+        return True
+    return max(max(float(m.get("answer_exact_rate", 0)), float(m.get("ref_answer_exact_rate", 0)))
+               for m in history) >= ANSWER_DROP - 1e-9
 
 
 def real_grid_configs(seeds, forms=("short", "long"), betas=REAL_BETAS) -> list[dict]:
@@ -135,17 +153,31 @@ def score(fired: Sequence[int | None], truths: Sequence[int | None]) -> dict[str
             "median_lead_reports": statistics.median(leads) if leads else None}
 
 
-def calibrate(detector: Detector, grid: Sequence[Any], histories: Sequence[Sequence[dict]]) -> tuple[Any, dict]:
-    """The grid threshold with the highest F1 on these histories; ties go to the higher precision, then to the
-    later grid entry (the more conservative threshold)."""
-    truths = [truth(h) for h in histories]
-    best = None
-    for k, t in enumerate(grid):
-        s = score([detector(h, t) for h in histories], truths)
-        key = (s["f1"] or 0, s["precision"] or 0, k)
-        if best is None or key > best[0]:
-            best = (key, t, s)
-    return best[1], best[2]
+def calibrate(detector: Detector, grid: Sequence[Any], *groups: Sequence[Sequence[dict]],
+              rule: str = "f1") -> Any:
+    """The grid threshold that does best on these histories (several groups: tasks, none traded for another).
+
+    Rule 'f1': the highest F1 of the worst group, then the higher precision. Rule 'quiet' (precision first): no
+    false alarm in any group at the threshold and at the grid step below it (a step of headroom: a healthy trial
+    must go one step further than any seen to be flagged), then the highest recall of the worst group; None when
+    no threshold is that quiet. Where several thresholds tie (a calibration set they all separate), the middle one
+    of them: the grids are roughly log-spaced, so that is the widest margin on both sides, where an edge would
+    carry to another task badly."""
+    truths = [[truth(h) for h in g] for g in groups]
+    scores = [[score([detector(h, t) for h in g], tr) for g, tr in zip(groups, truths, strict=True)] for t in grid]
+    keys = []
+    for k, at in enumerate(scores):
+        if rule == "f1":
+            keys.append((min(s["f1"] or 0 for s in at), min(s["precision"] or 0 for s in at)))
+        elif k > 0 and all(s["false_alarms"] == 0 for s in (*at, *scores[k - 1])):
+            keys.append((min(s["recall"] or 0 for s in at),))
+        else:
+            keys.append(None)
+    best = max((k for k in keys if k is not None), default=None)
+    if best is None:
+        return None
+    tied = [t for t, k in zip(grid, keys, strict=True) if k == best]
+    return tied[len(tied) // 2]
 
 
 def evaluate(detector: Detector, threshold: Any, histories: Sequence[Sequence[dict]]) -> dict[str, Any]:
@@ -174,28 +206,39 @@ def analyse(tasks: dict[str, tuple[list[dict], set[int]]]) -> dict[str, Any]:
     """`tasks`: name -> (records, calibration seeds; the rest are held out). Rows per candidate: within each
     task (calibration -> held-out seeds), across tasks (all of one -> all of the other), and both tasks'
     calibration seeds together -> both tasks' held-out seeds."""
-    split = {name: ([r["history"] for r in recs if seed_of(r) in calib],
-                    [r["history"] for r in recs if seed_of(r) not in calib]) for name, (recs, calib) in tasks.items()}
+    split = {name: ([r["history"] for r in recs if seed_of(r) in calib and judgeable(r["history"])],
+                    [r["history"] for r in recs if seed_of(r) not in calib and judgeable(r["history"])])
+             for name, (recs, calib) in tasks.items()}
     whole = {name: c + t for name, (c, t) in split.items()}
     names = list(tasks)
     rows = []
     for cand, (det, grid, meaning) in CANDIDATES.items():
         row: dict[str, Any] = {"signal": cand, "meaning": meaning, "within": {}, "across": {}, "joint": {}}
         for name, (calib, test) in split.items():
-            t, _ = calibrate(det, grid, calib)
+            t = calibrate(det, grid, calib)
             row["within"][name] = {"threshold": t, "held_out": evaluate(det, t, test)}
         for a in names:
             for b in names:
                 if a != b:
-                    t, _ = calibrate(det, grid, whole[a])
+                    t = calibrate(det, grid, whole[a])
                     row["across"][f"{a} -> {b}"] = {"threshold": t, "scored": evaluate(det, t, whole[b])}
-        t, _ = calibrate(det, grid, [h for c, _ in split.values() for h in c])
+        t = calibrate(det, grid, *(c for c, _ in split.values()))
         row["joint"] = {"threshold": t, **{name: evaluate(det, t, test) for name, (_, test) in split.items()}}
+        t = calibrate(det, grid, *(c for c, _ in split.values()), rule="quiet")
+        row["quiet"] = {"threshold": t, **({name: evaluate(det, t, test) for name, (_, test) in split.items()}
+                                           if t is not None else {})}
         rows.append(row)
     textbook = {name: evaluate(CANDIDATES["reward_rise (practitioner)"][0], TEXTBOOK_RISE, hs)
                 for name, hs in whole.items()}
-    return {"rows": rows, "textbook_reward_rise": textbook,
+    default = RewardHackingSettings()
+    signal = default.signals[0]
+    detect, threshold = SIGNALS[signal].detect, getattr(default, signal)
+    left_out = {name: [r["history"] for r in recs if not judgeable(r["history"])] for name, (recs, _) in tasks.items()}
+    shipped = {"signal": signal, "threshold": threshold, **{n: evaluate(detect, threshold, hs) for n, hs in whole.items()},
+               "left_out": {n: (sum(detect(h, threshold) is not None for h in hs), len(hs)) for n, hs in left_out.items()}}
+    return {"rows": rows, "textbook_reward_rise": textbook, "shipped": shipped,
             "tasks": {name: {"trials": len(whole[name]), "degraded": sum(truth(h) is not None for h in whole[name]),
+                             "left_out": len(tasks[name][0]) - len(whole[name]),
                              "calibration_trials": len(split[name][0]), "held_out_trials": len(split[name][1])}
                       for name in names}}
 
@@ -204,6 +247,13 @@ def holds(row: dict, floor: float = 0.85, max_false_alarms: float = 0.10) -> boo
     """Precision and recall >= floor and false alarms <= max across tasks, both ways."""
     return all((s := v["scored"])["precision"] is not None and s["precision"] >= floor and (s["recall"] or 0) >= floor
                and (s["false_alarm_rate"] or 0) <= max_false_alarms for v in row["across"].values())
+
+
+def recommend(result: dict[str, Any]) -> dict | None:
+    """The default by the goal: of the length-invariant signals that hold across tasks, the one whose worst
+    cross-task F1 is highest (at its one-threshold-for-both choice); None when none holds."""
+    held = [r for r in result["rows"] if r["signal"] not in SUMMED and holds(r)]
+    return max(held, key=lambda r: min(v["scored"]["f1"] or 0 for v in r["across"].values()), default=None)
 
 
 def by_cell(records: list[dict], keys: Sequence[str]) -> list[str]:
@@ -224,32 +274,63 @@ def by_cell(records: list[dict], keys: Sequence[str]) -> list[str]:
 
 def render(result: dict[str, Any], tasks: dict[str, tuple[list[dict], set[int]]], seconds: float) -> str:
     names = list(tasks)
+    pairs = [f"{a} -> {b}" for a in names for b in names if a != b]
     lines = [(f"Measured by `benchmarks/detector_calibration.py` ({seconds / 60:.0f} min of trials on one CPU "
              "thread). Degraded = greedy probe answers (exact or valid rate) 0.2 below their peak, the reference "
              "model's included."), ""]
     for name in names:
         info = result["tasks"][name]
-        lines.append(f"- {name}: {info['degraded']}/{info['trials']} trials degraded; calibration seeds "
+        lines.append(f"- {name}: {info['degraded']}/{info['trials']} trials degraded ({info['left_out']} more left out: "
+                     "their answers could not show a fall); calibration seeds "
                      f"{sorted(tasks[name][1])} ({info['calibration_trials']} trials), the rest held out "
                      f"({info['held_out_trials']}).")
-    lines += ["", "| signal | " + " | ".join(f"{n}: threshold -> held-out" for n in names) + " | "
-              + " | ".join(f"{a} -> {b}" for a in names for b in names if a != b) + " |",
-              "|---|" + "---|" * (len(names) + len(names) * (len(names) - 1))]
+    lines += ["", "**Across tasks** (threshold chosen on all of one task, scored on all of the other):", "",
+              "| signal | " + " | ".join(pairs) + " | holds both ways |", "|---|" + "---|" * (len(pairs) + 1)]
     for row in result["rows"]:
-        within = [f"{thr_text(row['within'][n]['threshold'])} -> {cell_text(row['within'][n]['held_out'])}"
-                  for n in names]
-        across = [f"{thr_text(v['threshold'])} -> {cell_text(v['scored'])}" for v in row["across"].values()]
-        lines.append(f"| {row['signal']} | " + " | ".join(within + across) + " |")
-    lines += ["", "| signal | threshold from both tasks' calibration seeds | "
-              + " | ".join(f"{n} held-out" for n in names) + " | holds across tasks |", "|---|---|" + "---|" * len(names) + "---|"]
+        lines.append(f"| {row['signal']} | " + " | ".join(
+            f"{thr_text(v['threshold'])}: {cell_text(v['scored'])}" for v in row["across"].values())
+            + f" | {'**yes**' if holds(row) else 'no'} |")
+    lines += ["", "**Within each task** (threshold chosen on the calibration seeds, scored on the held-out seeds):", "",
+              "| signal | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for row in result["rows"]:
+        lines.append(f"| {row['signal']} | " + " | ".join(
+            f"{thr_text(row['within'][n]['threshold'])}: {cell_text(row['within'][n]['held_out'])}" for n in names)
+            + " |")
+    lines += ["", ("**One threshold for both tasks** (the best worst-task F1 on both tasks' calibration seeds), scored "
+              "on the held-out seeds:"), "", "| signal | threshold | " + " | ".join(names) + " |",
+              "|---|---|" + "---|" * len(names)]
     for row in result["rows"]:
         j = row["joint"]
         lines.append(f"| {row['signal']} | {thr_text(j['threshold'])} ({row['meaning']}) | "
-                     + " | ".join(cell_text(j[n]) for n in names) + f" | {'yes' if holds(row) else 'no'} |")
+                     + " | ".join(cell_text(j[n]) for n in names) + " |")
+    lines += ["", ("**Precision first** (no false alarm on either task's calibration seeds at the threshold and at "
+                   "the grid step below it; then the best worst-task recall), scored on the held-out seeds:"), "",
+              "| signal | threshold | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for row in result["rows"]:
+        q = row["quiet"]
+        if q["threshold"] is None:
+            lines.append(f"| {row['signal']} | no threshold that quiet |" + " |" * len(names))
+            continue
+        lines.append(f"| {row['signal']} | {thr_text(q['threshold'])} | " + " | ".join(cell_text(q[n]) for n in names)
+                     + " |")
     tb = result["textbook_reward_rise"]
     lines += ["", "The practitioner's rule as written (held-out margin up 10% within an epoch): "
-              + "; ".join(f"{n}: {cell_text(tb[n])}" for n in names) + ".",
-              "", ("P: precision (true flags / flags), R: recall (true flags / degraded trials), FA: false alarms "
+              + "; ".join(f"{n}: {cell_text(tb[n])}" for n in names) + ".", ""]
+    best = recommend(result)
+    if best is None:
+        lines.append("By the goal (precision and recall >= 0.85, false alarms <= 10%, across tasks both ways) no "
+                     "length-invariant signal holds. The summed signals (" + ", ".join(SUMMED) + ") are not "
+                     "eligible: their scale grows with completion length, which the judged trials here barely cover.")
+    else:
+        lines.append(f"By the goal, `{best['signal']}` at {thr_text(best['joint']['threshold'])} ({best['meaning']}) "
+                     "holds across tasks (precision and recall >= 0.85, false alarms <= 10% both ways).")
+    shipped = result["shipped"]
+    lines += ["", f"Shipped default (`trainables.config.RewardHackingSettings`): `{shipped['signal']}` at "
+              f"{thr_text(shipped['threshold'])}, on every judged trial: "
+              + "; ".join(f"{n}: {cell_text(shipped[n])}" for n in names)
+              + "; it flags " + "; ".join(f"{shipped['left_out'][n][0]} of the {shipped['left_out'][n][1]} {n} trials "
+                                          "left out" for n in names) + "."]
+    lines += ["", ("P: precision (true flags / flags), R: recall (true flags / degraded trials), FA: false alarms "
               "(flags / trials whose answers held).")]
     return "\n".join(lines) + "\n"
 

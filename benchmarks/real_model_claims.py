@@ -65,7 +65,10 @@ def render(records: list[dict], grid: list[dict], seeds: Sequence[int]) -> list[
     for form, beta in sorted({k[:2] for k in cells}, key=lambda k: (k[0] != "short", k[1])):
         row = []
         for lr in sorted({k[2] for k in cells}):
-            recs = cells[(form, beta, lr)]
+            recs = cells.get((form, beta, lr))
+            if not recs:
+                row.append("-")
+                continue
             bad = sum(truth(r["history"]) is not None for r in recs)
             row.append(f"{bad}/{len(recs)} degraded, {mean_se([final(r, 'answer_exact_rate') for r in recs])}")
         lines.append(f"| {form} | {beta:g} | " + " | ".join(row) + " |")

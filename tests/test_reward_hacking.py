@@ -127,3 +127,20 @@ def test_signals_that_read_probe_answers_are_refused_without_probes(signal):
 def test_unknown_signal_is_refused():
     with pytest.raises(ValueError, match="signals"):
         RewardHackingSettings(signals=["vibes"])
+
+
+def test_the_default_is_the_signal_and_threshold_the_calibration_chose():
+    """README's calibration block (written by benchmarks/detector_calibration.py) names the default; the settings
+    must say the same."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- detector_calibration:begin -->", 1)[1].split("<!-- detector_calibration:end -->", 1)[0]
+    found = re.search(r"^Shipped default \(`trainables.config.RewardHackingSettings`\): `(\w+)` at ([0-9.e+-]+),",
+                      block, re.MULTILINE)
+    assert found, "the calibration block names no default"
+    signal, threshold = found.group(1), float(found.group(2))
+    settings = RewardHackingSettings()
+    assert settings.enabled and settings.signals == [signal]
+    assert getattr(settings, signal) == threshold

@@ -11,6 +11,7 @@ import pytest
 from orchestrator.analysis import COMPLETED, STOPPED
 from orchestrator.config import validate_sweep_config
 from orchestrator.sweep import run_sweep
+from trainables.config import RewardHackingSettings
 from trainables.tracking import FLAG_TAG, PARENT_TAG, STATUS_TAG, make_client
 
 pytestmark = pytest.mark.slow
@@ -120,8 +121,9 @@ def test_reward_hacking_flag_fast_learner_flagged_slow_one_not(model_cache, tmp_
         [result.experiment_id], f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'")}
     assert tags["0.005"][FLAG_TAG].startswith("flagged at step")
     assert FLAG_TAG not in tags["1e-06"]
-    assert tags["0.005"][FLAG_TAG].split(":")[0].endswith("by chosen_logp_drop")  # the calibrated default
-    assert set(result.analysis.table["reward_hacking"]) == {"chosen_logp_drop", ""}
+    default = RewardHackingSettings().signals[0]  # the calibrated default
+    assert tags["0.005"][FLAG_TAG].split(":")[0].endswith(f"by {default}")
+    assert set(result.analysis.table["reward_hacking"]) == {default, ""}
 
 
 def test_gpu_request_on_a_cpu_machine_is_refused_not_left_pending(model_cache, tmp_path):

@@ -199,11 +199,12 @@ class RewardHackingSettings(StrictModel):
 
     enabled: bool = True
     signals: list[Literal[HACKING_SIGNALS]] = Field(  # type: ignore[valid-type]
-        ["chosen_displacement"], min_length=1, description=f"Any of {', '.join(HACKING_SIGNALS)}.")
+        ["drift_per_token"], min_length=1, description=f"Any of {', '.join(HACKING_SIGNALS)}.")
     chosen_displacement: float = Field(0.5, gt=0, description="Nats per token the held-out chosen completions may "
                                        "fall below the reference model's log-prob.")
-    drift_per_token: float = Field(0.5, gt=0, description="Nats per token of mean |log pi - log pi_ref| on "
-                                   "held-out completions.")
+    drift_per_token: float = Field(3.0, gt=0, description="Nats per token of mean |log pi - log pi_ref| on "
+                                   "held-out completions (no trial whose answers held reached 2.4 on either "
+                                   "calibration task).")
     length_drift: float = Field(0.5, gt=0, description="Relative change of the greedy probe answers' length "
                                 "from the reference model's (bundled tasks).")
     answer_drop: float = Field(0.2, gt=0, le=1, description="Fall of the probe answers' exact or valid rate below "

@@ -1,20 +1,21 @@
-"""The reward-hacking flag of one trial: the detectors of `trainables.detectors` run at every report.
+"""The reward-hacking flag of one trial: the signals of `trainables.detectors` run at every report.
 
-At each report the monitor keeps the few metrics the detectors read, runs every enabled signal
+At each report the monitor keeps the few metrics the signals read, runs every enabled signal
 (`reward_hacking.signals`) over the history so far, and flags the trial the first time any fires,
-saying which signal and what it saw. Detectors never look ahead, so a flag raised here is the one
-the same detector would raise on the finished history.
+saying which signal and what it saw. Signals never look ahead, so a flag raised here is the one the
+same signal would raise on the finished history.
 
-The default signal is the held-out chosen log-prob falling below its running peak: on the synthetic
-benchmark, against ground truth (answer quality down >= 0.2 or clean held-out accuracy down >= 0.05
-from its peak), it measured precision 0.86 and recall 0.94 on held-out seeds. The practitioner's rule
-(`reward_rise`: a held-out reward metric up more than 10% within an epoch) fired in the first epoch
-of all 144 trials there; it is available, not the default. Its relative change is reported at
-every report either way (`reward_hack_rel_change`), as context.
+The reference-relative signals need no history at all: the held-out log-probs are compared with the
+reference model's (disabled adapter, or the shared reference's precomputed log-probs), and the probe
+answers with the reference model's answers, measured before the first step (`ref_answer_*` in every
+report). So a policy that collapsed before its first report is flagged at that report.
 
-The first epoch's window of the practitioner's rule starts at the first report, not before
-training: a fresh adapter is the identity, where every reward metric is 0 (TRL's strict '>' even
-reports accuracy 0), so a relative change from there means nothing.
+Which signal is the default, and why, is measured by `benchmarks/detector_calibration.py` on two tasks
+(README, "Reward hacking"). The practitioner's rule (`reward_rise`: a held-out reward metric up more
+than 10% within an epoch) is available, not the default; its relative change is in every report either
+way (`reward_hack_rel_change`), as context. Its first epoch's window starts at the first report, not
+before training: a fresh adapter is the identity, where every reward metric is 0, so a relative change
+from there means nothing.
 """
 
 from __future__ import annotations
