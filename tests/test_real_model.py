@@ -186,8 +186,11 @@ def test_default_flag_spares_a_healthy_real_trial_and_names_the_signal_on_a_dest
     assert all(m["answer_exact_rate"] >= ref - 0.05 for m in healthy), [m["answer_exact_rate"] for m in healthy]
     assert healthy[-1]["eval_rewards_margins"] > 0  # it moved: a trial that did nothing proves nothing
     assert not any(m["reward_hack_flag"] for m in healthy) and "REWARD-HACKING" not in printed
-    # lr 1e-2, ~100x what moves this model gently: the answers break.
+    # lr 1e-2, ~100x what moves this model gently: the answers break - none right, every reply run to the
+    # generation cap (16 tokens; the reference's average 12.6 here), held-out pairs ranked worse than a coin.
     destroyed, printed = _flag_run(smollm2_cache, tmp_path / "destroyed", 1e-2)
-    assert destroyed[-1]["answer_valid_rate"] < 0.5 * destroyed[-1]["ref_answer_valid_rate"]
+    assert all(m["answer_exact_rate"] == 0 for m in destroyed)
+    assert destroyed[-1]["answer_length_tokens"] > destroyed[-1]["ref_answer_length_tokens"] + 2
+    assert destroyed[-1]["eval_rewards_accuracies"] < 0.5
     assert destroyed[-1]["reward_hack_flag"] == 1 and destroyed[-1]["reward_hack_signal"] == signal
     assert f"REWARD-HACKING FLAG ({signal})" in printed
