@@ -109,20 +109,21 @@ def test_asha_stops_the_corner_that_cannot_learn(asha_sweep):
     assert all(r.status == STOPPED and r.reports < r.expected_reports for r in tiny)
 
 
-def test_reward_hacking_flag_fast_learner_flagged_slow_one_not(model_cache, tmp_path):
+def test_reward_hacking_flag_destroyed_trial_flagged_slow_one_not(model_cache, tmp_path):
+    # 5e-2: ten times the demo's highest rate, which wrecks tiny-llama's answers within the first report.
     cfg = sweep_config(model_cache, tmp_path, scheduler={"kind": "fifo"},
-                       search={"space": {"learning_rate": {"grid": [5e-3, 1e-6]}, "beta": 0.1}})
+                       search={"space": {"learning_rate": {"grid": [5e-2, 1e-6]}, "beta": 0.1}})
     result = run_sweep(cfg, log=lambda *_: None, progress=False)
     by_lr = {r.params["learning_rate"]: r for r in result.records}
-    assert by_lr[5e-3].flagged and not by_lr[1e-6].flagged
+    assert by_lr[5e-2].flagged and not by_lr[1e-6].flagged
     assert by_lr[1e-6].status == COMPLETED  # it ran all its reports; its answers never lost probability
     client = make_client(result.tracking_uri)
     tags = {r.data.params["dpo.learning_rate"]: r.data.tags for r in client.search_runs(
         [result.experiment_id], f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'")}
-    assert tags["0.005"][FLAG_TAG].startswith("flagged at step")
+    assert tags["0.05"][FLAG_TAG].startswith("flagged at step")
     assert FLAG_TAG not in tags["1e-06"]
     default = RewardHackingSettings().signals[0]  # the calibrated default
-    assert tags["0.005"][FLAG_TAG].split(":")[0].endswith(f"by {default}")
+    assert tags["0.05"][FLAG_TAG].split(":")[0].endswith(f"by {default}")
     assert set(result.analysis.table["reward_hacking"]) == {default, ""}
 
 
