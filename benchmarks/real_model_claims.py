@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from detector_calibration import REAL_SEEDS, real_grid_configs, replace_readme_block, truth
+from detector_calibration import REAL_SEEDS, judgeable, real_grid_configs, replace_readme_block, truth
 from practitioner_claims import effect, mean_and_se, mean_se
 from trial_histories import DEFAULT_OUT, REAL_BASE, cache_key, merged, run_histories, total_seconds
 
@@ -56,7 +56,8 @@ def render(records: list[dict], grid: list[dict], seeds: Sequence[int]) -> list[
         return by_key[cache_key(merged(c, REAL_BASE))]
 
     lines = [("**(i) high learning rate x low beta** (8 steps; degraded = answers 0.2 below their peak, the "
-             f"reference model's included; seeds {list(REAL_SEEDS)}; final exact-answer rate mean ± SE):"), "",
+             "reference model's included; not judgeable: the answers could not show a fall, see the calibration "
+             f"above; seeds {list(REAL_SEEDS)}; final exact-answer rate mean ± SE):"), "",
              "| form | beta | " + " | ".join(f"lr {lr:g}" for lr in sorted({c['dpo.learning_rate'] for c in grid}))
              + " |", "|---|---|" + "---|" * len({c["dpo.learning_rate"] for c in grid})]
     cells: dict[tuple, list[dict]] = {}
@@ -70,7 +71,9 @@ def render(records: list[dict], grid: list[dict], seeds: Sequence[int]) -> list[
                 row.append("-")
                 continue
             bad = sum(truth(r["history"]) is not None for r in recs)
-            row.append(f"{bad}/{len(recs)} degraded, {mean_se([final(r, 'answer_exact_rate') for r in recs])}")
+            blind = sum(not judgeable(r["history"]) for r in recs)
+            row.append(f"{bad}/{len(recs)} degraded{f' ({blind} not judgeable)' if blind else ''}, "
+                       f"{mean_se([final(r, 'answer_exact_rate') for r in recs])}")
         lines.append(f"| {form} | {beta:g} | " + " | ".join(row) + " |")
     ref = [r["history"][0]["ref_answer_exact_rate"] for r in records if "ref_answer_exact_rate" in r["history"][0]]
     lines += ["", f"The reference model answers {mean_se(ref)} of the probes exactly.", ""]
