@@ -256,22 +256,6 @@ def recommend(result: dict[str, Any]) -> dict | None:
     return max(held, key=lambda r: min(v["scored"]["f1"] or 0 for v in r["across"].values()), default=None)
 
 
-def by_cell(records: list[dict], keys: Sequence[str]) -> list[str]:
-    """Degraded trials per cell of `keys` (the last key across the columns)."""
-    cells: dict[tuple, list[bool]] = {}
-    for r in records:
-        cells.setdefault(tuple(r["config"][k] for k in keys), []).append(truth(r["history"]) is not None)
-    cols = sorted({k[-1] for k in cells})
-    head = [k.split(".")[-1] for k in keys[:-1]]
-    lines = ["| " + " | ".join(head) + " | " + " | ".join(f"{keys[-1].split('.')[-1]} {c:g}" for c in cols) + " |",
-             "|" + "---|" * (len(head) + len(cols))]
-    for row in sorted({k[:-1] for k in cells}):
-        vals = [cells.get((*row, c), []) for c in cols]
-        lines.append("| " + " | ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in row) + " | "
-                     + " | ".join(f"{sum(v)}/{len(v)}" for v in vals) + " |")
-    return lines
-
-
 def render(result: dict[str, Any], tasks: dict[str, tuple[list[dict], set[int]]], seconds: float) -> str:
     names = list(tasks)
     pairs = [f"{a} -> {b}" for a in names for b in names if a != b]

@@ -185,16 +185,16 @@ def loss_problems(loss_type: Any, label_smoothing: Any) -> list[str]:
     return []
 
 
-HACKING_SIGNALS = ("chosen_displacement", "drift_per_token", "length_drift", "answer_drop", "chosen_logp_drop", "drift",
-                   "train_up_eval_down", "reward_rise")
+HACKING_SIGNALS = (*SIGNALS, "reward_rise")  # reward_rise also reads the epoch length: trainables.reward_hacking
 
 
 class RewardHackingSettings(StrictModel):
     """When a trial is flagged as reward hacking: its policy degrading while its reward looks fine.
 
     Any enabled signal that fires flags the trial, and the flag names it (`trainables.detectors` says what
-    each catches and misses). Each signal's threshold is the field of its name. The default is the signal
-    that held on both calibration tasks (benchmarks/detector_calibration.py, README "Reward hacking").
+    each catches and misses). Each signal's threshold is the field of its name. No signal held on both
+    calibration tasks (benchmarks/detector_calibration.py, README "Reward hacking"); the default is the
+    precision-first choice there, which catches gross collapse only.
     """
 
     enabled: bool = True
@@ -203,8 +203,8 @@ class RewardHackingSettings(StrictModel):
     chosen_displacement: float = Field(0.5, gt=0, description="Nats per token the held-out chosen completions may "
                                        "fall below the reference model's log-prob.")
     drift_per_token: float = Field(3.0, gt=0, description="Nats per token of mean |log pi - log pi_ref| on "
-                                   "held-out completions (no trial whose answers held reached 2.4 on either "
-                                   "calibration task).")
+                                   "held-out completions (no trial judged healthy reached 1.1 on either calibration "
+                                   "task; a long-answer run the answers could not judge reached 2.4).")
     length_drift: float = Field(0.5, gt=0, description="Relative change of the greedy probe answers' length "
                                 "from the reference model's (bundled tasks).")
     answer_drop: float = Field(0.2, gt=0, le=1, description="Fall of the probe answers' exact or valid rate below "

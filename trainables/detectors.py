@@ -61,7 +61,7 @@ def fired_step(history: History, index: int | None) -> int | None:
 # ----------------------------------------------------------------------------------- reference-relative
 
 
-def chosen_displacement(history: History, threshold: float = 0.5,
+def chosen_displacement(history: History, threshold: float,
                         metric: str = "eval_chosen_logratio_per_token") -> int | None:
     """Held-out chosen completions lost more than `threshold` nats per token against the reference model.
 
@@ -73,7 +73,7 @@ def chosen_displacement(history: History, threshold: float = 0.5,
     return _first(history, metric, lambda v: v < -threshold)
 
 
-def drift_per_token(history: History, threshold: float = 0.5,
+def drift_per_token(history: History, threshold: float,
                     metric: str = "eval_abs_logratio_per_token") -> int | None:
     """Mean |log pi - log pi_ref| per token over held-out completions (chosen and rejected) above `threshold`.
 
@@ -84,7 +84,7 @@ def drift_per_token(history: History, threshold: float = 0.5,
     return _first(history, metric, lambda v: v > threshold)
 
 
-def length_drift(history: History, threshold: float = 0.5, metric: str = "answer_length_tokens") -> int | None:
+def length_drift(history: History, threshold: float, metric: str = "answer_length_tokens") -> int | None:
     """Greedy answers to the probes became longer or shorter than the reference model's by more than
     `threshold` of its length (0.5: half as long again, or half as short).
 
@@ -98,7 +98,7 @@ def length_drift(history: History, threshold: float = 0.5, metric: str = "answer
     return None
 
 
-def answer_drop(history: History, threshold: float = 0.2,
+def answer_drop(history: History, threshold: float,
                 metrics: Sequence[str] = ("answer_exact_rate", "answer_valid_rate")) -> int | None:
     """The probe answers' exact (or valid) rate fell `threshold` or more below its peak, the peak starting at
     the reference model's rate. Needs probes with known answers; it is what the calibration calls degraded."""

@@ -36,9 +36,6 @@ EVAL_METRICS = (
 )
 # Bundled tasks only (data.source synthetic or arithmetic): probes with known answers.
 ANSWER_METRICS = ("answer_exact_rate", "answer_valid_rate", "answer_length_tokens")
-# The reference model's answers to the same probes (`ref_answer_exact_rate`, ...) are measured once before the
-# first step and carried in every report: where the answer signals' peaks start, so a collapse before the first
-# report is still seen.
 
 
 def reported_metrics(has_probes: bool) -> set[str]:
@@ -168,6 +165,8 @@ def _make_callback(report: Report, spec: TrialSpec, probes, tokenizer, log=print
 
         def on_train_begin(self, args, state, control, model=None, **kw):
             self.steps = set(report_steps(state.max_steps, math.ceil(args.num_train_epochs), reports_per_epoch))
+            # The reference model's answers to the probes (`ref_answer_exact_rate`, ...), measured once and carried
+            # in every report: where the answer signals' peaks start, so a collapse before the first report is seen.
             if probes and model is not None and not self.reference:
                 if state.global_step == 0:  # a fresh LoRA adapter (B = 0) is the identity: this is the reference
                     quality = self.probe(model)
@@ -209,13 +208,13 @@ def _make_callback(report: Report, spec: TrialSpec, probes, tokenizer, log=print
             metrics["diverged"] = float(bool(non_finite))
             if non_finite:
                 control.should_training_stop = True
-            state = {"reference": self.reference}
+            saved = {"reference": self.reference}
             if self.monitor:
                 metrics.update(self.monitor.update(metrics))
-                state["reward_hacking"] = self.monitor.state()
+                saved["reward_hacking"] = self.monitor.state()
                 if self.monitor.should_stop:
                     control.should_training_stop = True
-            Path(ckpt, STATE_FILE).write_text(json.dumps(state))
+            Path(ckpt, STATE_FILE).write_text(json.dumps(saved))
             self.reports += 1
             self.last_metrics, self.last_checkpoint = metrics, ckpt
             report(metrics, ckpt)
