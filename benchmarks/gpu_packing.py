@@ -28,7 +28,7 @@ warnings.filterwarnings("ignore")
 import torch
 from trainables.config import TrialSpec
 from trainables.memory import estimate_trial_memory
-from trainables.trial import build_trainer
+from trainables.trainer import build_trainer
 spec = TrialSpec.model_validate(json.loads(sys.argv[1]))
 trainer, _, _ = build_trainer(spec, lambda m, c: None, log=lambda *a: None)
 torch.cuda.reset_peak_memory_stats()

@@ -6,7 +6,7 @@ NF4 with fp32 compute (its pick on other CPUs), no quantization in fp32; each wi
 reference pass and with the sweep's shared reference (token ids and reference log-probs computed
 once). Two more rows repeat the NF4 set-ups with TRL's own LM head (every position projected, as
 TRL does off Triton devices), to show what projecting only the completion tokens saves
-(trainables/sweep_trainer.py).
+(trainables/trainer.py).
 
     .venv/bin/python benchmarks/real_model_step.py                  # 3 rounds, ~25 min on 2 CPU cores
     .venv/bin/python benchmarks/real_model_step.py --rounds 1 --steps 3 --form long
@@ -34,11 +34,11 @@ import torch
 import trl.trainer.utils as trl_utils
 
 from benchmarks.step_time import StepTimer
-from trainables import sweep_trainer
+from orchestrator.prepare import build_shared_reference
+from trainables import trainer as sweep_trainer
 from trainables.config import TrialSpec
 from trainables.model import resolve_compute_dtype, resolve_model_path
-from trainables.reference import build_shared_reference
-from trainables.trial import build_trainer
+from trainables.trainer import build_trainer
 
 SETUPS = {
     "nf4_bf16": {"quantization": "nf4", "compute_dtype": "bfloat16"},

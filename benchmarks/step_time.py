@@ -29,7 +29,7 @@ from transformers import TrainerCallback
 
 from trainables.config import TrialSpec
 from trainables.tiny_model import ensure_tiny_llama
-from trainables.trial import build_trainer
+from trainables.trainer import build_trainer
 
 SETUPS = {
     "qlora_nf4_bf16": {"quantization": "nf4", "compute_dtype": "bfloat16"},

@@ -25,16 +25,13 @@ import json
 import os
 import sys
 import time
-import warnings
 from importlib import resources
 from pathlib import Path
 
-from trainables.config import ConfigError, load_trial_spec
-from trainables.data import DataError
+from trainables.config import ConfigError, InputError, load_trial_spec
 from trainables.tracking import CREDENTIAL_VARS, redact_uri
 from trainables.trial import TrialOutOfMemory
 
-DEMO_TRIAL = "demo-trial.yaml"
 DEMO_SWEEP = "demo.yaml"
 
 
@@ -134,16 +131,11 @@ def _address(args: argparse.Namespace) -> str | None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from orchestrator.cluster import view_for
     from orchestrator.preflight import run_preflight
 
     cfg = _sweep_config(args)
-    cluster, nodes = None, 1
-    if _address(args):
-        from orchestrator.sweep import _start_ray, cluster_view
-
-        _start_ray(_address(args))
-        cluster, nodes = cluster_view()
-    pre = run_preflight(cfg, cluster, log=_log, nodes=nodes)
+    pre = run_preflight(cfg, view_for(_address(args)), log=_log)
     for note in pre.notes:
         print(note)
     trials = pre.num_trials or cfg.search.num_samples
@@ -197,34 +189,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return print_result(result, cfg.experiment)
 
 
-def find_experiment(ref: str, storage: str) -> str:
-    """The Ray experiment directory of a sweep, from its path or URI, from its run name under `storage`, or
-    from a sweep or MLflow experiment name (its latest sweep under `storage`)."""
-    from orchestrator.sweep import SWEEP_FILE
-
-    if "://" in ref or (Path(ref) / SWEEP_FILE).is_file():
-        return ref if "://" in ref else str(Path(ref).resolve())
-    if (Path(storage) / ref / SWEEP_FILE).is_file():
-        return str((Path(storage) / ref).resolve())
-    sweeps = sorted(Path(storage).glob(f"*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime)
-    def names(state_file: Path) -> tuple:
-        config = json.loads(state_file.read_text()).get("config", {})
-        return config.get("name"), (config.get("tracking") or {}).get("experiment")
-
-    named = [p.parent for p in sweeps if ref in names(p)]
-    if named:
-        _log(f"[sweep] {ref!r}: the latest of its {len(named)} sweep(s) under {storage}: {named[-1].name}")
-        return str(named[-1].resolve())
-    known = ", ".join(p.parent.name for p in sweeps[-5:]) or "none"
-    raise FileNotFoundError(
-        f"no sweep {ref!r}: give the experiment directory `dpo-sweep run` printed (Ray results: ...), a sweep run "
-        f"name under {storage} (latest there: {known}), or pass --storage to look elsewhere")
-
-
 def _state_and_config(args: argparse.Namespace):
-    from orchestrator.sweep import SweepState
+    from orchestrator.state import SweepState, find_experiment
 
-    state = SweepState.load(find_experiment(args.experiment, args.storage))
+    state = SweepState.load(find_experiment(args.experiment, args.storage, log=_log))
     cfg = state.sweep_config()
     _with_cache(cfg.trial)
     if args.tracking_uri:
@@ -245,7 +213,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:
-    from orchestrator.sweep import finish_sweep, load_results
+    from orchestrator.records import load_results
+    from orchestrator.sweep import finish_sweep
 
     state, cfg = _state_and_config(args)
     grid = load_results(state.experiment_path)
@@ -259,23 +228,18 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from orchestrator.sweep import build_analysis, load_results
+    from orchestrator.records import load_results
+    from orchestrator.sweep import build_analysis, close_tracking
     from orchestrator.tracking_sync import log_analysis
-    from trainables.tracking import call_with_retries, is_transient, make_client
+    from trainables.tracking import make_client
 
     state, cfg = _state_and_config(args)
     _, analysis = build_analysis(cfg, state, load_results(state.experiment_path))
     html_path, md_path = analysis.reports
     print(f"{analysis.summary}\n\nReport: {html_path}\n        {md_path}")
     client = make_client(cfg.tracking_uri)
-    try:
-        call_with_retries(lambda: log_analysis(client, state.parent_run_id, analysis), "logging the report",
-                          patience_s=args.patience, log=_log)
-    except Exception as e:
-        if not is_transient(e) and "RESOURCE_DOES_NOT_EXIST" not in str(getattr(e, "error_code", "")):
-            raise
-        _log(f"dpo-sweep: report written, but not logged to MLflow run {state.parent_run_id} ({e}); "
-             f"`dpo-sweep sync-mlflow {state.experiment_path}` logs it once the run is reachable")
+    if close_tracking(lambda: log_analysis(client, state.parent_run_id, analysis) or True, "logging the report",
+                      state, args.patience, log=_log) is None:
         return 3
     print(f"Logged to MLflow run {state.parent_run_id} (artifacts: analysis/)")
     return 0
@@ -371,16 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Library deprecation chatter (TRL's own DPOConfig trips transformers' renames) is not the user's to fix.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         return args.func(args)
     except ConfigError as e:
         _log(f"dpo-sweep: invalid configuration: {e}")
         return 2
-    except (DataError, FileNotFoundError) as e:
-        # Bad rows and missing model/data paths: the messages already name the row or field and the fix.
+    except InputError as e:
+        # Bad rows, a model or sweep that cannot be found: the message names the row, field or path and the fix.
         _log(f"dpo-sweep: {e}")
         return 2
     except TrialOutOfMemory as e:

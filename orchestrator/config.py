@@ -31,7 +31,7 @@ from trainables.config import (
     read_yaml,
     validate_trial_spec,
 )
-from trainables.trial import PRIMARY_METRIC
+from trainables.metrics import PRIMARY_METRIC
 
 
 class SearchSettings(StrictModel):

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import cluster
+from orchestrator.cluster import ClusterView
 from orchestrator.config import SweepConfig
 from search_spaces import SPACES, candidate_values, grid_size, space_from_yaml
 from trainables.config import (
@@ -26,8 +28,8 @@ from trainables.config import (
     spec_with_params,
     validate_trial_spec,
 )
+from trainables.metrics import reported_metrics
 from trainables.tracking import is_local_uri
-from trainables.trial import reported_metrics
 
 GIB = 1024**3
 
@@ -48,6 +50,7 @@ class Preflight:
     max_reports: int = 0
     notes: list[str] = field(default_factory=list)
     num_samples: int = 1  # what Tune is given: grid repeats become a seed axis instead
+    dropped_rows: dict[str, int] = field(default_factory=dict)  # data.drop_invalid: reason -> rows, every trial
 
 
 def seeds_for_repeats(cfg: SweepConfig, space: dict[str, Any]) -> tuple[dict[str, Any], int, list[str]]:
@@ -163,50 +166,39 @@ def check_tracking(uri: str) -> list[str]:
     return []
 
 
-def check_resources(cfg: SweepConfig, cluster: dict[str, float] | None) -> list[str]:
-    """`cluster`: Ray's cluster_resources() when joining a cluster; None for a local run (this machine)."""
-    import os
-
+def check_resources(cfg: SweepConfig, view: ClusterView) -> list[str]:
+    """Requests `view` can never satisfy: Tune would leave such trials PENDING forever."""
     r = cfg.resources
-    if cluster is not None and r.cluster_autoscales:
+    if view.joined and r.cluster_autoscales:
         return []  # nodes come up on demand: what is up now says nothing about what the sweep will get
     gpu = 1.0 if r.gpu_per_trial == "auto" else r.gpu_per_trial  # 'auto' asks for at most one GPU
     problems = []
     if gpu > 1 and gpu != int(gpu):
         problems.append(f"resources.gpu_per_trial: fractions above 1 are not schedulable, got {gpu}; "
                         "use a whole number or a fraction below 1")
-    if cluster is None:
-        import torch
-
-        gpus, cpus, where = torch.cuda.device_count(), os.cpu_count() or 1, "this machine"
-    else:
-        gpus, cpus, where = cluster.get("GPU", 0), cluster.get("CPU", 0), "the Ray cluster"
-    if gpu > 0 and gpus == 0:
-        problems.append(f"resources.gpu_per_trial: {r.gpu_per_trial} GPU per trial, but {where} has no GPU; Tune "
-                        "would leave every trial PENDING forever. Set resources.gpu_per_trial: 0, or join a cluster "
-                        "with GPUs (--address)")
-    elif gpu > gpus:
-        problems.append(f"resources.gpu_per_trial: {r.gpu_per_trial} GPU per trial, but {where} has {gpus:g}")
+    if gpu > 0 and view.gpus == 0:
+        problems.append(f"resources.gpu_per_trial: {r.gpu_per_trial} GPU per trial, but {view.where} has no GPU; "
+                        "Tune would leave every trial PENDING forever. Set resources.gpu_per_trial: 0, or join a "
+                        "cluster with GPUs (--address)")
+    elif gpu > view.gpus:
+        problems.append(f"resources.gpu_per_trial: {r.gpu_per_trial} GPU per trial, but {view.where} has "
+                        f"{view.gpus:g}")
     for name, amount in r.custom.items():
-        have = (cluster or {}).get(name, 0)
+        have = view.custom.get(name, 0)
         if amount > have:
-            problems.append(f"resources.custom.{name}: {amount:g} per trial, but {where} has {have:g} of it; start "
-                            f"the nodes meant for trials with --resources '{{\"{name}\": 1000}}', or set "
+            problems.append(f"resources.custom.{name}: {amount:g} per trial, but {view.where} has {have:g} of it; "
+                            f"start the nodes meant for trials with --resources '{{\"{name}\": 1000}}', or set "
                             "resources.cluster_autoscales: true if they start on demand")
-    if r.cpu_per_trial > cpus:
-        problems.append(f"resources.cpu_per_trial: {r.cpu_per_trial:g} CPUs per trial, but {where} has {cpus:g}")
+    if r.cpu_per_trial > view.cpus:
+        problems.append(f"resources.cpu_per_trial: {r.cpu_per_trial:g} CPUs per trial, but {view.where} has "
+                        f"{view.cpus:g}")
     return problems
 
 
-def gpu_memory_bytes(cfg: SweepConfig, cluster: dict[str, float] | None) -> int | None:
+def gpu_memory_bytes(cfg: SweepConfig, view: ClusterView) -> int | None:
     if cfg.resources.gpu_memory_gib:
         return int(cfg.resources.gpu_memory_gib * GIB)
-    if cluster is None:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_properties(0).total_memory
-    return None
+    return view.gpu_memory_bytes
 
 
 def plan_gpu_packing(cfg: SweepConfig, space: dict[str, Any], gpu_bytes: int | None,
@@ -261,8 +253,8 @@ def _max_value(space: dict[str, Any], key: str, default: Any) -> Any:
     return max(values) if values else default
 
 
-def check_data_and_model(cfg: SweepConfig, space: dict[str, Any], log) -> tuple[list[str], int, int]:
-    """(problems, training rows, most reports any trial makes)."""
+def check_data_and_model(cfg: SweepConfig, space: dict[str, Any], log):
+    """(problems, the data as every trial will see it (None when it cannot load), most reports any trial makes)."""
     from trainables.data import DataError, load_preference_data
     from trainables.model import load_tokenizer, resolve_model_path
 
@@ -270,15 +262,15 @@ def check_data_and_model(cfg: SweepConfig, space: dict[str, Any], log) -> tuple[
     try:
         path = resolve_model_path(spec.model, spec.cache_dir, log=log)
     except FileNotFoundError as e:
-        return [f"trial.{e}"], 0, 0
+        return [f"trial.{e}"], None, 0
     try:
         tokenizer = load_tokenizer(path, spec.model)
     except OSError as e:
-        return [f"trial.model.name_or_path: cannot load the tokenizer of {spec.model.name_or_path!r}: {e}"], 0, 0
+        return [f"trial.model.name_or_path: cannot load the tokenizer of {spec.model.name_or_path!r}: {e}"], None, 0
     try:
         data = load_preference_data(spec.data, tokenizer, spec.dpo.max_length, spec.dpo.truncation_mode)
     except DataError as e:
-        return [f"trial.data: {e}"], 0, 0
+        return [f"trial.data: {e}"], None, 0
     n = len(data.train)
     d = spec.dpo
     batch = _max_value(space, "per_device_train_batch_size", d.per_device_train_batch_size)
@@ -291,28 +283,29 @@ def check_data_and_model(cfg: SweepConfig, space: dict[str, Any], log) -> tuple[
         problems.append(f"trial.dpo.reports_per_epoch: {reports} reports per epoch, but with {n} training rows, "
                         f"batch {batch} and accumulation {accum} an epoch has {steps_per_epoch} optimizer steps; "
                         "lower reports_per_epoch or the batch/accumulation, or add data")
-    return problems, n, reports * epochs
+    return problems, data, reports * epochs
 
 
-def run_preflight(cfg: SweepConfig, cluster: dict[str, float] | None = None, log=print, nodes: int = 1) -> Preflight:
+def run_preflight(cfg: SweepConfig, view: ClusterView | None = None, log=print) -> Preflight:
     """Raise PreflightError listing every problem, or return what was resolved.
 
-    `cluster`/`nodes`: the resources and alive node count of a joined Ray cluster (None/1: local run)."""
+    `view`: where the trials will run (`orchestrator.cluster`); this machine when None."""
+    view = view or cluster.local_view()
     space, problems = resolve_space(cfg)
     problems += check_space(cfg, space)
     space_ok = not problems
     uri = cfg.tracking_uri
     problems += check_tracking(uri)
-    if cluster is not None:
-        problems += check_tracking_for_cluster(uri, nodes, cfg.resources.cluster_autoscales)
-    problems += check_resources(cfg, cluster)
+    if view.joined:
+        problems += check_tracking_for_cluster(uri, view.nodes, cfg.resources.cluster_autoscales)
+    problems += check_resources(cfg, view)
     problems += check_metrics(cfg)
     # The report schedule is checked against the space's values only once those are valid.
-    data_problems, rows, max_reports = check_data_and_model(cfg, space if space_ok else {}, log)
+    data_problems, data, max_reports = check_data_and_model(cfg, space if space_ok else {}, log)
     problems += data_problems
     gpu_per_trial, packing_problems, notes = 0.0, [], []
     if not problems:  # the estimate loads the model's config: only once the model path is known good
-        gpu_per_trial, packing_problems, notes = plan_gpu_packing(cfg, space, gpu_memory_bytes(cfg, cluster))
+        gpu_per_trial, packing_problems, notes = plan_gpu_packing(cfg, space, gpu_memory_bytes(cfg, view))
     problems += packing_problems
     if cfg.search.algorithm == "optuna":
         try:
@@ -323,5 +316,8 @@ def run_preflight(cfg: SweepConfig, cluster: dict[str, float] | None = None, log
         raise PreflightError(problems)
     n = grid_size(space) * cfg.search.num_samples if cfg.search.algorithm == "grid" else cfg.search.num_samples
     space, num_samples, seed_notes = seeds_for_repeats(cfg, space)
-    return Preflight(param_space=space, num_trials=n, tracking_uri=uri, train_rows=rows, max_reports=max_reports,
-                     gpu_per_trial=gpu_per_trial, notes=notes + seed_notes, num_samples=num_samples)
+    if data.dropped:
+        notes.append(f"{data.dropped_text()}; every trial trains on the {len(data.train)} rows left")
+    return Preflight(param_space=space, num_trials=n, tracking_uri=uri, train_rows=len(data.train),
+                     max_reports=max_reports, gpu_per_trial=gpu_per_trial, notes=notes + seed_notes,
+                     num_samples=num_samples, dropped_rows=data.dropped)

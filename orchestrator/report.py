@@ -61,17 +61,14 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _sections(analysis: SweepAnalysis) -> list[tuple[str, str]]:
     """(title, plain text) of the report's prose, shared by both formats."""
-    lines = analysis.summary.splitlines()
-    out = [("Recommendation", analysis.recommendation or (lines[1] if len(lines) > 1 else lines[0]))]
-    out.append(("Trials", lines[0]))
+    out = [("Recommendation", analysis.recommendation or analysis.sweet_spot_line), ("Trials", analysis.trials_line)]
     if analysis.anova is not None:
         out.append(("Interaction (ANOVA)", analysis.anova.describe()))
-    if len(analysis.sensitivity) > 1:
+    if analysis.sensitivity_line:
         out.append(("Sensitivity", "Knobs ranked by the share of the metric's variation each explains (eta^2): "
                     + ", ".join(f"{k} {v:.2f}" for k, v in analysis.sensitivity)))
-    notes = [ln for ln in lines[1:] if not ln.startswith(("Recommendation:", "Knobs by influence"))
-             and "interaction" not in ln.split(":")[0]]
-    out.append(("Findings", "\n".join(notes)))
+    notes = [analysis.sweet_spot_line, analysis.best_line, *analysis.findings]
+    out.append(("Findings", "\n".join(n for n in notes if n)))
     return out
 
 

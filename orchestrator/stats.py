@@ -1,6 +1,6 @@
 """The statistics behind a sweep's answer: which beta and learning rate to use, and why.
 
-Works on the results table of `orchestrator.analysis.results_table` (one row per trial; trials with the
+Works on the results table of `orchestrator.records.results_table` (one row per trial; trials with the
 same knob values are replicates, e.g. the grid repeated with other seeds):
 
     .venv/bin/python -c "import pandas as pd; from orchestrator import stats
@@ -12,7 +12,7 @@ same knob values are replicates, e.g. the grid repeated with other seeds):
 - `sensitivity`: which knobs move the metric most.
 - `robust_sweet_spot`: the best region rather than the luckiest cell (each cell scored with its neighbours).
 - `recommendation`: a few sentences a user can act on, every statement derived from the table.
-- `plot_*`: main effects, interaction means, parallel coordinates.
+- `swept_knobs`: which columns are knobs (seeds are replicates, never knobs).
 
 Failed and diverged trials are left out everywhere (their metric is missing or meaningless).
 """
@@ -22,23 +22,17 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis import COMPLETED, DIVERGED, FAILED
+from orchestrator.records import COMPLETED, DIVERGED, FAILED, not_knobs
 
 FULL_ANOVA = "two-way ANOVA"  # Type II sums of squares, with interaction; needs replicates
 TUKEY = "Tukey one-df test"  # one trial per cell: Tukey's test for non-additivity
 ADDITIVE = "additive two-way ANOVA"  # one trial per cell and missing cells: main effects only
 LEFT_OUT = (FAILED, DIVERGED)
-# Metrics the results table shows beside the ranked one (`analysis.results_table`); with the bookkeeping
-# columns, what is not a knob.
-EXTRA_RESULT_METRICS = ("eval_rewards_accuracies", "answer_exact_rate", "answer_length_tokens", "eval_logps_chosen",
-                        "eval_abs_logratio", "eval_loss")
-_NOT_KNOBS = {"trial", "status", "reports", "reward_hacking", *EXTRA_RESULT_METRICS}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -48,17 +42,12 @@ def _words(name: str) -> str:
     return name.split(".")[-1].replace("_", " ")
 
 
-def _g(x: Any) -> str:
-    """A number in 3 significant digits, anything else as is."""
-    return f"{x:.3g}" if isinstance(x, (float, np.floating)) else str(x)
-
-
-def _v(x: Any) -> str:
+def value_text(x: Any) -> str:
     """A knob value as the user typed it (0.0005, 5e-05, 3)."""
     return f"{x:g}" if isinstance(x, (float, np.floating)) else str(x)
 
 
-def _p(p: float) -> str:
+def p_text(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.2g}"
 
 
@@ -67,10 +56,10 @@ def _plain(x: Any) -> Any:
 
 
 def _where(values: dict[str, Any]) -> str:
-    return ", ".join(f"{_words(k)} {_v(v)}" for k, v in values.items())
+    return ", ".join(f"{_words(k)} {value_text(v)}" for k, v in values.items())
 
 
-def _usable(table: pd.DataFrame, column: str) -> tuple[pd.DataFrame, int]:
+def usable(table: pd.DataFrame, column: str) -> tuple[pd.DataFrame, int]:
     """Rows with a finite `column` that neither failed nor diverged, and how many rows were left out."""
     if column not in table:
         return table.iloc[:0], len(table)
@@ -83,7 +72,7 @@ def _usable(table: pd.DataFrame, column: str) -> tuple[pd.DataFrame, int]:
     return rows, int(len(table) - len(rows))
 
 
-def _sorted_levels(values: pd.Series) -> list:
+def sorted_levels(values: pd.Series) -> list:
     levels = [_plain(v) for v in values.dropna().unique()]
     try:
         return sorted(levels)
@@ -99,9 +88,14 @@ def _better(mode: str) -> int:
 
 def swept_knobs(table: pd.DataFrame, metric: str) -> list[str]:
     """The columns of a results table that are knobs with more than one value (seed columns are replicates)."""
-    skip = _NOT_KNOBS | {metric, f"best_{metric}"}
+    skip = not_knobs(metric)
     return [c for c in table.columns
-            if c not in skip and "seed" not in c.lower() and not c.startswith("best_") and table[c].nunique() > 1]
+            if c not in skip and not is_seed(c) and not c.startswith("best_") and table[c].nunique() > 1]
+
+
+def is_seed(column: str) -> bool:
+    """A seed column ('seed', 'dpo.seed', 'data.synthetic.seed'): its values are replicates, not a knob."""
+    return column.split(".")[-1] == "seed" or column.endswith("_seed")
 
 
 # ---------------------------------------------------------------------------------------------- ANOVA
@@ -142,11 +136,11 @@ class AnovaResult:
             else "one trial per cell"
         t = self.interaction
         if t is None:
-            mains = ", ".join(f"{_words(k)} F={m.f:.3g}, {_p(m.p)}" for k, m in self.terms.items())
+            mains = ", ".join(f"{_words(k)} F={m.f:.3g}, {p_text(m.p)}" for k, m in self.terms.items())
             return f"{a} x {b} interaction: not testable ({self.reason}); main effects: {mains} ({self.method}){left}"
         verdict = (f"the best {b} depends on {a}" if t.p < 0.05
                    else f"no evidence that the best {b} depends on {a}")
-        return (f"{a} x {b} interaction: F={t.f:.3g}, {_p(t.p)}, partial eta^2={t.partial_eta_sq:.2g} "
+        return (f"{a} x {b} interaction: F={t.f:.3g}, {p_text(t.p)}, partial eta^2={t.partial_eta_sq:.2g} "
                 f"({self.method} with {design}) — {verdict}{left}")
 
 
@@ -212,7 +206,7 @@ def two_way_anova(table: pd.DataFrame, metric: str, a: str = "beta", b: str = "l
     if missing:
         out.reason = f"the results table has no column {', '.join(missing)}"
         return out
-    rows, _ = _usable(table, metric)
+    rows, _ = usable(table, metric)
     rows = rows[rows[a].notna() & rows[b].notna()]
     out.n_left_out, out.n_used = len(table) - len(rows), len(rows)
     if len(rows) < 3:
@@ -220,7 +214,7 @@ def two_way_anova(table: pd.DataFrame, metric: str, a: str = "beta", b: str = "l
         return out
     for k in (a, b):
         if rows[k].nunique() < 2:
-            out.reason = f"only one value of {_words(k)} ({_v(_plain(rows[k].iloc[0]))}) among the usable trials"
+            out.reason = f"only one value of {_words(k)} ({value_text(_plain(rows[k].iloc[0]))}) among the usable trials"
             return out
     d = pd.DataFrame({"y": rows[metric].to_numpy(), "A": rows[a].astype(str).to_numpy(),
                       "B": rows[b].astype(str).to_numpy()})
@@ -251,7 +245,7 @@ def two_way_anova(table: pd.DataFrame, metric: str, a: str = "beta", b: str = "l
 def sensitivity(table: pd.DataFrame, metric: str, knobs: list[str]) -> list[tuple[str, float]]:
     """Knobs ranked by eta-squared of a one-way grouping on each (share of the metric's variance between
     the knob's values), largest first. Knobs with one value, or not in the table, are left out."""
-    rows, _ = _usable(table, metric)
+    rows, _ = usable(table, metric)
     y = rows[metric] if len(rows) else pd.Series(dtype=float)
     ss_total = float(((y - y.mean()) ** 2).sum()) if len(y) else 0.0
     scores = []
@@ -310,7 +304,7 @@ def robust_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[s
     if not knobs or any(k not in table for k in knobs):
         raise ValueError(f"knobs: need one or more columns of the results table, got {knobs!r} "
                          f"(columns: {', '.join(map(str, table.columns))})")
-    rows, _ = _usable(table, metric)
+    rows, _ = usable(table, metric)
     if exclude is not None:
         rows = rows[~exclude.eq(True).reindex(rows.index, fill_value=False)]
     rows = rows.dropna(subset=knobs)
@@ -329,7 +323,7 @@ def robust_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[s
             key = tuple(_plain(k) for k in (key if isinstance(key, tuple) else (key,)))
             values.setdefault(key, None)  # a cliff: only where no trial of the cell survived
     keys = list(values)
-    levels = [_sorted_levels(table[k]) for k in knobs]
+    levels = [sorted_levels(table[k]) for k in knobs]
     w = _neighbour_weights(keys, levels)
     cliff = np.array([values[k] is None for k in keys])
     is_cand = np.array([candidate.get(k, False) for k in keys])
@@ -407,10 +401,10 @@ def _tail(levels: list, chosen: list) -> str:
     """'at or above 0.005' / 'at or below 1e-05' when `chosen` is one end of the sorted levels, else a list."""
     k = len(chosen)
     if k and levels[-k:] == chosen and k < len(levels):
-        return f"at or above {_v(chosen[0])}"
+        return f"at or above {value_text(chosen[0])}"
     if k and levels[:k] == chosen and k < len(levels):
-        return f"at or below {_v(chosen[-1])}"
-    return ", ".join(_v(c) for c in chosen)
+        return f"at or below {value_text(chosen[-1])}"
+    return ", ".join(value_text(c) for c in chosen)
 
 
 def _degraded(table: pd.DataFrame, column: str, mode: str, knobs: list[str], degrade: bool) -> list[str]:
@@ -420,7 +414,7 @@ def _degraded(table: pd.DataFrame, column: str, mode: str, knobs: list[str], deg
     when best and worst differ materially (by more than a tenth of the larger of the two in size).
     """
     sign = _better(mode)
-    rows, _ = _usable(table, column)
+    rows, _ = usable(table, column)
     rows = rows.dropna(subset=knobs)
     if not len(rows):
         return []
@@ -434,7 +428,7 @@ def _degraded(table: pd.DataFrame, column: str, mode: str, knobs: list[str], deg
     out = []
     for k in knobs:
         others = [o for o in knobs if o != k and rows[o].nunique() > 1]
-        levels = _sorted_levels(rows[k])
+        levels = sorted_levels(rows[k])
         bad = [v for v in levels
                if (sub := cells[cells[k] == v])["bad"].all() and (len(sub) >= 2 or not others)]
         if not bad or len(bad) == len(levels):
@@ -453,7 +447,7 @@ def _diverged(table: pd.DataFrame, knobs: list[str]) -> list[str]:
         return []
     out = []
     for k in knobs:
-        levels = _sorted_levels(table[k])
+        levels = sorted_levels(table[k])
         gone = [v for v in levels if (table.loc[table[k] == v, "status"] == DIVERGED).all()]
         if gone and len(gone) < len(levels):
             out.append(f"{_words(k).capitalize()} {_tail(levels, gone)} diverged in every trial.")
@@ -483,127 +477,11 @@ def recommendation(table: pd.DataFrame, metric: str, mode: str, knobs: list[str]
             text.append(f"The {a} x {b} interaction could not be tested ({anova.reason}).")
         elif t.p < 0.05:
             strength = "strong" if t.p < 0.01 else "present"
-            text.append(f"The {a} x {b} interaction is {strength} ({_p(t.p)}, partial eta^2 "
+            text.append(f"The {a} x {b} interaction is {strength} ({p_text(t.p)}, partial eta^2 "
                         f"{t.partial_eta_sq:.2g}): tune {b} per {a}.")
         else:
-            text.append(f"No evidence of a {a} x {b} interaction ({_p(t.p)}): the best {b} does not "
+            text.append(f"No evidence of a {a} x {b} interaction ({p_text(t.p)}): the best {b} does not "
                         f"clearly depend on {a}.")
     if sweet_spot.n == 1:
         text.append("Repeat the best few cells with 2-3 seeds to tell them apart.")
     return " ".join(text)
-
-
-# ---------------------------------------------------------------------------------------------- plots
-
-def _mean_se(rows: pd.DataFrame, metric: str, by: str) -> pd.DataFrame:
-    g = rows.groupby(by)[metric]
-    out = pd.DataFrame({"mean": g.mean(), "se": g.std(ddof=1) / np.sqrt(g.size()), "n": g.size()})
-    return out.sort_index()
-
-
-def log_like(values: pd.Series) -> bool:
-    """Numeric, positive and spanning a decade or more: a learning rate (1e-4, 3e-4, 1e-3 is a geometric grid);
-    drawn on a log axis by every plot."""
-    v = pd.to_numeric(values, errors="coerce")
-    return bool(v.notna().all() and len(v) and (v > 0).all() and v.max() / v.min() >= 10)
-
-
-def _varying(rows: pd.DataFrame, knobs: list[str]) -> list[str]:
-    return [k for k in knobs if k in rows and rows[k].nunique() > 1]
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_main_effects(table: pd.DataFrame, metric: str, knobs: list[str], path: Path) -> Path | None:
-    """One panel per varying knob: mean ± SE of the metric at each of its values; None when none varies."""
-    import matplotlib.pyplot as plt
-
-    rows, _ = _usable(table, metric)
-    knobs = _varying(rows, knobs)
-    if not knobs:
-        return None
-    fig, axes = plt.subplots(1, len(knobs), figsize=(3.6 * len(knobs), 3.6), sharey=True, squeeze=False)
-    for ax, k in zip(axes[0], knobs, strict=True):
-        m = _mean_se(rows, metric, k)
-        ax.errorbar(m.index, m["mean"], yerr=m["se"].fillna(0), marker="o", capsize=3)
-        if log_like(rows[k]):
-            ax.set_xscale("log")
-        ax.set_xlabel(k)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"{metric} (mean ± SE)")
-    fig.suptitle(f"main effects on {metric}", fontsize=10)
-    return _save(fig, path)
-
-
-def plot_interaction_means(table: pd.DataFrame, metric: str, a: str, b: str, path: Path,
-                           anova: AnovaResult | None = None) -> Path | None:
-    """Mean ± SE of the metric against `b`, one line per value of `a`; None unless both vary."""
-    import matplotlib.pyplot as plt
-
-    rows, _ = _usable(table, metric)
-    if len(_varying(rows, [a, b])) < 2:
-        return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.3))
-    for value, g in rows.groupby(a):
-        m = _mean_se(g, metric, b)
-        ax.errorbar(m.index, m["mean"], yerr=m["se"].fillna(0), marker="o", capsize=3, label=f"{a}={_v(value)}")
-    if log_like(rows[b]):
-        ax.set_xscale("log")
-    title = f"{metric}: mean ± SE vs {b}, one line per {a}"
-    if anova is not None and anova.interaction is not None:
-        title += f"\n{a} x {b} interaction {_p(anova.interaction.p)} ({anova.method})"
-    ax.set(xlabel=b, ylabel=metric)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
-
-
-def _unit(values: pd.Series) -> pd.Series:
-    """Values mapped to [0, 1] on their axis: log scale for learning-rate-like knobs, ranks for text."""
-    if not pd.api.types.is_numeric_dtype(values):
-        levels = _sorted_levels(values)
-        return values.map({v: i / max(len(levels) - 1, 1) for i, v in enumerate(levels)})
-    v = np.log10(values.astype(float)) if log_like(values) else values.astype(float)
-    span = v.max() - v.min()
-    return (v - v.min()) / span if span > 0 else v * 0 + 0.5
-
-
-def plot_parallel_coordinates(table: pd.DataFrame, metric: str, knobs: list[str], path: Path) -> Path | None:
-    """Each trial a line across the knob axes and the metric, coloured by the metric; only with > 2 knobs varying."""
-    import matplotlib.pyplot as plt
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    rows, _ = _usable(table, metric)
-    knobs = _varying(rows, knobs)
-    if len(knobs) <= 2:
-        return None
-    axes_names = [*knobs, metric]
-    unit = pd.DataFrame({k: _unit(rows[k]) for k in axes_names})
-    norm = Normalize(rows[metric].min(), rows[metric].max())
-    cmap = plt.get_cmap("viridis")
-    fig, ax = plt.subplots(figsize=(2.0 * len(axes_names) + 1.5, 4.5))
-    xs = np.arange(len(axes_names))
-    for i, y in unit.iterrows():
-        ax.plot(xs, y.to_numpy(), color=cmap(norm(rows.at[i, metric])), alpha=0.7, linewidth=1.2)
-    for x, k in zip(xs, axes_names, strict=True):
-        ax.axvline(x, color="black", linewidth=0.8)
-        shown = rows[k].drop_duplicates().sort_values()
-        for i, value in (shown if len(shown) <= 8 else shown.iloc[[0, -1]]).items():
-            ax.text(x + 0.03, unit.at[i, k], _g(value) if k == metric else _v(_plain(value)), fontsize=7,
-                    va="center")
-    ax.set_xticks(xs, axes_names, fontsize=8)
-    ax.set_yticks([])
-    ax.set_xlim(-0.2, len(axes_names) - 0.6)
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric)
-    ax.set_title(f"{len(rows)} trials across {len(knobs)} knobs, coloured by {metric}", fontsize=9)
-    return _save(fig, path)

@@ -9,32 +9,30 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from orchestrator.analysis import SweepAnalysis, TrialRecord, analyze
+from orchestrator.analysis import SweepAnalysis, analyze
+from orchestrator.cluster import start_ray, view_for
 from orchestrator.config import SweepConfig
 from orchestrator.preflight import Preflight, run_preflight
 from orchestrator.prepare import prepare_shared_reference, unsharable_keys
-from orchestrator.tracking_sync import SyncCounts, log_analysis, sync_trial_runs
-from trainables.config import TrialSpec, spec_with_params
+from orchestrator.records import TrialRecord, records_from_results
+from orchestrator.state import SWEEP_FILE, SweepState, is_uri, join_path, upload_dir
+from orchestrator.tracking_sync import SyncCounts, ensure_experiment, log_analysis, start_sweep_run, sync_trial_runs
 from trainables.reference import SharedReference
 from trainables.tracking import (
     EXPERIMENT_PATH_TAG,
     call_with_retries,
-    ensure_experiment,
     flatten,
     is_local_uri,
     is_transient,
     make_client,
     redact_uri,
-    start_sweep_run,
 )
-
-SWEEP_FILE = "dpo_sweep.json"  # beside Ray's results: what `resume`, `sync-mlflow` and `report` start from
 
 
 @dataclass
@@ -48,136 +46,45 @@ class SweepResult:
     analysis: SweepAnalysis
     reference: SharedReference | None = None
     tracking_complete: bool = True  # False: MLflow was unreachable at the end; `dpo-sweep sync-mlflow` fills it in
-    sync: SyncCounts | None = None
-
-
-@dataclass
-class SweepState:
-    """A sweep's identity, written before the first trial starts: enough to resume it after the driver
-    died, to rebuild its MLflow runs, or to regenerate its report, without the original command line."""
-
-    name: str
-    experiment_path: str
-    tracking_uri: str  # redacted when it carried credentials: pass --tracking-uri again then
-    experiment_id: str
-    parent_run_id: str
-    config: dict[str, Any]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    def save(self) -> None:
-        write_text(join_path(self.experiment_path, SWEEP_FILE), self.to_json())
-
-    @classmethod
-    def load(cls, experiment_path: str) -> SweepState:
-        path = join_path(experiment_path, SWEEP_FILE)
-        try:
-            raw = json.loads(read_text(path))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{experiment_path}: not a dpo-sweep experiment directory (no {SWEEP_FILE}); "
-                                    "give the directory `dpo-sweep run` printed, under storage.path") from None
-        return cls(**{k: raw[k] for k in cls.__dataclass_fields__})
-
-    def sweep_config(self) -> SweepConfig:
-        from orchestrator.config import validate_sweep_config
-
-        return validate_sweep_config(self.config, source=join_path(self.experiment_path, SWEEP_FILE))
-
-
-def join_path(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}" if "://" in base else str(Path(base) / name)
-
-
-def _fs(path: str):
-    import pyarrow.fs
-
-    return pyarrow.fs.FileSystem.from_uri(path)
-
-
-def write_text(path: str, text: str) -> None:
-    if "://" not in path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
-        return
-    fs, inner = _fs(path)
-    with fs.open_output_stream(inner) as f:
-        f.write(text.encode())
-
-
-def read_text(path: str) -> str:
-    if "://" not in path:
-        return Path(path).read_text()
-    fs, inner = _fs(path)
-    try:
-        with fs.open_input_stream(inner) as f:
-            return f.read().decode()
-    except OSError as e:
-        raise FileNotFoundError(path) from e
-
-
-def expected_reports(cfg: SweepConfig, params: dict[str, Any]) -> int:
-    spec = TrialSpec.model_validate(spec_with_params(cfg.trial.model_dump(mode="json"), params))
-    return spec.dpo.reports_per_epoch * spec.dpo.num_train_epochs
-
-
-def records_from_results(grid, cfg: SweepConfig) -> list[TrialRecord]:
-    """One record per trial. A step Ray holds twice (a trial resumed from a checkpoint older than its last
-    result, after the driver died) counts once, the later run's value."""
-    import pandas as pd
-
-    records = []
-    for result in grid:
-        df = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
-        if "step" in df and len(df):
-            df = df.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
-        params = dict(result.config or {})
-        trial_id = Path(result.path).name
-        best = None
-        if result.best_checkpoints:
-            sign = 1 if cfg.search.mode == "max" else -1
-            scored = [(c, m) for c, m in result.best_checkpoints if cfg.search.metric in m]
-            if scored:
-                best = max(scored, key=lambda cm: sign * cm[1][cfg.search.metric])[0].path
-        records.append(TrialRecord(
-            trial_id=trial_id, params=params, history=df, expected_reports=expected_reports(cfg, params),
-            error=str(result.error) if result.error else None, best_checkpoint=best,
-        ))
-    return records
-
-
-def load_results(experiment_path: str):
-    """Ray's results of a sweep, read from its directory: no cluster, nothing re-run."""
-    from ray.tune import ExperimentAnalysis, ResultGrid
-
-    return ResultGrid(ExperimentAnalysis(experiment_path))
-
-
-def analysis_dir(cfg: SweepConfig, state: SweepState) -> Path:
-    """Analysis files are written locally: beside Ray's results, or under ./dpo-sweep-output for cloud storage."""
-    if "://" not in cfg.storage.path:
-        return Path(state.experiment_path) / "analysis"
-    return Path.cwd() / "dpo-sweep-output" / state.name / "analysis"
 
 
 def build_analysis(cfg: SweepConfig, state: SweepState, grid) -> tuple[list[TrialRecord], SweepAnalysis]:
-    """Records, analysis files and the report, all local: they never wait on MLflow."""
+    """Records, analysis files and the report, all local first: they never wait on MLflow. With results in
+    the cloud, the files are then uploaded beside them (and stay in the local copy, which is printed)."""
     from orchestrator.report import write_report
 
-    records = records_from_results(grid, cfg)
-    out = analysis_dir(cfg, state)
+    records = records_from_results(grid, cfg.trial.model_dump(mode="json"), cfg.search.metric, cfg.search.mode)
+    out = state.analysis_dir()
     analysis = analyze(records, cfg.search.metric, cfg.search.mode, out, max_abs_logratio=cfg.analysis.max_abs_logratio)
-    (out / SWEEP_FILE).write_text(state.to_json())  # a local copy, also when Ray's results are in the cloud
+    (out / SWEEP_FILE).write_text(state.to_json())  # a copy of the state file, with the analysis
     analysis.reports = list(write_report(analysis, out, f"dpo-sweep: {state.name}", {
         "Ray results": state.experiment_path, "MLflow": f"{state.tracking_uri}, experiment {cfg.experiment!r}, "
         f"parent run {state.parent_run_id}", "regenerate": f"dpo-sweep report {state.experiment_path}"}))
+    if is_uri(state.experiment_path):
+        upload_dir(out, join_path(state.experiment_path, "analysis"))
     return records, analysis
+
+
+def close_tracking(fn, what: str, state: SweepState, patience_s: float, log=print):
+    """`fn()` against MLflow, retried for `patience_s`; when the server stays unreachable (or no longer has the
+    sweep's run), None and the user told how to finish later. The one end of `run`, `resume`, `report` and
+    `sync-mlflow`: nothing of Ray's results or the analysis waits on, or is lost with, MLflow."""
+    try:
+        return call_with_retries(fn, what, patience_s=patience_s, log=log)
+    except Exception as e:
+        missing = getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+        if not (is_transient(e) or missing):
+            raise
+        why = "has no such run" if missing else f"still unreachable after {patience_s:.0f} s"
+        log(f"[sweep] {what}: MLflow {why} ({e}). Nothing is lost: Ray's results and the analysis are in "
+            f"{state.experiment_path}. When the server is back: dpo-sweep sync-mlflow {state.experiment_path}")
+        return None
 
 
 def finish_sweep(cfg: SweepConfig, state: SweepState, grid, tracking_uri: str, log=print,
                  tracking_patience_s: float | None = None) -> tuple[list[TrialRecord], SweepAnalysis, SyncCounts | None]:
-    """Records, analysis (written locally first: it never waits on MLflow), then MLflow brought up to date
-    with Ray's results and the parent run closed. SyncCounts is None when MLflow stayed unreachable."""
+    """Records and analysis, then MLflow brought up to date with Ray's results and the parent run closed.
+    SyncCounts is None when MLflow stayed unreachable."""
     records, analysis = build_analysis(cfg, state, grid)
     client = make_client(tracking_uri)
     patience = cfg.tracking.patience_s if tracking_patience_s is None else tracking_patience_s
@@ -198,16 +105,9 @@ def finish_sweep(cfg: SweepConfig, state: SweepState, grid, tracking_uri: str, l
         client.set_terminated(state.parent_run_id, "FINISHED")
         return counts
 
-    try:
-        counts = call_with_retries(sync, "closing the sweep's runs", patience_s=patience, log=log)
-    except Exception as e:
-        if not is_transient(e):
-            raise
-        log(f"[sweep] MLflow still unreachable after {patience:.0f} s ({e}). Nothing is lost: Ray's results and "
-            f"the analysis are in {state.experiment_path}. When the server is back: dpo-sweep sync-mlflow "
-            f"{state.experiment_path}")
-        return records, analysis, None
-    log(f"[sweep] {counts.describe()}")
+    counts = close_tracking(sync, "closing the sweep's runs", state, patience, log=log)
+    if counts is not None:
+        log(f"[sweep] {counts.describe()}")
     return records, analysis, counts
 
 
@@ -244,34 +144,6 @@ def _quiet_tune_output() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def cluster_view() -> tuple[dict[str, float], int]:
-    """(total resources, alive nodes) of the Ray cluster this process has joined."""
-    import ray
-
-    return ray.cluster_resources(), sum(1 for n in ray.nodes() if n.get("Alive"))
-
-
-def _start_ray(address: str | None, env: dict[str, str] | None = None) -> bool:
-    """Join `address` or start a local Ray; True when this process started (and must stop) it.
-    `env` reaches every worker through the runtime env (trials on other nodes do not inherit the
-    driver's environment): MLflow credentials travel this way, never through configs or params."""
-    import logging
-
-    import ray
-
-    if ray.is_initialized():
-        return False
-    common = {"log_to_driver": False, "logging_level": logging.WARNING}
-    if env:
-        common["runtime_env"] = {"env_vars": dict(env)}
-    if address:
-        ray.init(address=address, **common)
-        return False
-    # A local run binds nothing beyond 127.0.0.1 and needs no dashboard.
-    ray.init(include_dashboard=False, **common)
-    return True
-
-
 def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress: bool = True,
               preflight: Preflight | None = None, worker_env: dict[str, str] | None = None,
               resume: SweepState | None = None, retry_failed: bool = False) -> SweepResult:
@@ -284,26 +156,28 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
     from orchestrator.tuner import build_trainable, build_tuner
     from trainables.tune_entry import SweepContext
 
-    cluster, nodes = None, 1
-    if address:
-        _start_ray(address, worker_env)
-        cluster, nodes = cluster_view()
-    pre = preflight or run_preflight(cfg, cluster, log=log, nodes=nodes)
+    pre = preflight or run_preflight(cfg, view_for(address, worker_env), log=log)
     for note in pre.notes:
         log(f"[sweep] {note}")
     client = make_client(pre.tracking_uri)
     if resume:
         state = resume
-        client.update_run(state.parent_run_id, status="RUNNING")
         log(f"[sweep] resuming {state.name}: MLflow run {state.parent_run_id} in experiment {cfg.experiment!r} "
             f"({redact_uri(pre.tracking_uri)}); Ray results {state.experiment_path}")
+        try:
+            client.update_run(state.parent_run_id, status="RUNNING")
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            log(f"[sweep] MLflow unreachable ({e}): the sweep goes on; trials queue their logging and the end "
+                "of the sweep brings MLflow up to date")
     else:
         state = _start_sweep(cfg, pre, client)
         log(f"[sweep] {state.name}: {pre.num_trials or cfg.search.num_samples} trial(s), MLflow run "
             f"{state.parent_run_id} in experiment {cfg.experiment!r} ({redact_uri(pre.tracking_uri)})")
     started = False
     try:
-        started = _start_ray(address, worker_env)
+        started = start_ray(address, worker_env)
         reference = _shared_reference(cfg, pre, address, log, client, state.parent_run_id)
         context = SweepContext(base_spec=cfg.trial.model_dump(mode="json"), tracking_uri=pre.tracking_uri,
                                experiment_id=state.experiment_id, parent_run_id=state.parent_run_id,
@@ -336,13 +210,13 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
     records, analysis, counts = finish_sweep(cfg, state, grid, pre.tracking_uri, log=log)
     return SweepResult(name=state.name, experiment_path=state.experiment_path, tracking_uri=pre.tracking_uri,
                        experiment_id=state.experiment_id, parent_run_id=state.parent_run_id, records=records,
-                       analysis=analysis, reference=reference, tracking_complete=counts is not None, sync=counts)
+                       analysis=analysis, reference=reference, tracking_complete=counts is not None)
 
 
 def _start_sweep(cfg: SweepConfig, pre: Preflight, client) -> SweepState:
     """MLflow experiment and parent run, and the state file beside Ray's results, before any trial."""
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    local_storage = "://" not in cfg.storage.path
+    local_storage = not is_uri(cfg.storage.path)
     artifact_location = _artifact_location(cfg, pre.tracking_uri)
     # The driver creates DB, experiment and parent run before any trial: a fresh sqlite DB opened
     # by several processes at once can corrupt.
@@ -355,6 +229,9 @@ def _start_sweep(cfg: SweepConfig, pre: Preflight, client) -> SweepState:
     experiment_path = join_path(cfg.storage.path if not local_storage else str(Path(cfg.storage.path).resolve()),
                                 name)
     client.set_tag(parent, EXPERIMENT_PATH_TAG, experiment_path)
+    if pre.dropped_rows:  # data.drop_invalid: what every trial trains without, on the sweep's run
+        client.log_param(parent, "data.dropped_rows", sum(pre.dropped_rows.values()))
+        client.set_tag(parent, "dpo_sweep.dropped_rows", ", ".join(f"{k} {v}" for k, v in pre.dropped_rows.items()))
     state = SweepState(name=name, experiment_path=experiment_path, tracking_uri=redact_uri(pre.tracking_uri),
                        experiment_id=experiment_id, parent_run_id=parent, config=public)
     state.save()

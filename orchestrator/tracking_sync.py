@@ -1,4 +1,5 @@
-"""MLflow made to agree with Ray's results: the driver's end of every sweep and `dpo-sweep sync-mlflow`.
+"""The driver's MLflow: the experiment and the sweep's parent run, and MLflow made to agree with Ray's
+results at the end of every sweep and in `dpo-sweep sync-mlflow`.
 
 Ray's results (each trial's reports, persisted with its checkpoints) are the record of a sweep.
 Trials log to MLflow as they go, but a tracking outage, a killed worker or a killed driver can
@@ -9,6 +10,7 @@ nothing it already has: it is idempotent, so running it twice changes nothing.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
@@ -18,14 +20,19 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.analysis import COMPLETED, DIVERGED, FAILED, OUT_OF_MEMORY, SweepAnalysis, TrialRecord
+from orchestrator.analysis import SweepAnalysis
+from orchestrator.records import COMPLETED, DIVERGED, FAILED, OUT_OF_MEMORY, TrialRecord
 from trainables.config import TrialSpec, spec_with_params
 from trainables.tracking import (
+    EXPERIMENT_KIND_TAG,
+    KIND_TAG,
     STATUS_TAG,
+    SWEEP_TAG,
     find_trial_runs,
-    flatten,
+    log_params,
     log_step_metrics,
     open_trial_run,
+    trial_run_fields,
 )
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "dpo_sweep_state.json", "trainer_state.json")
@@ -62,9 +69,21 @@ def report_metrics(row: pd.Series) -> dict[str, Any]:
     return out
 
 
-def trial_params(base_spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    spec = TrialSpec.model_validate(spec_with_params(base_spec, params))
-    return flatten(spec.model_dump(mode="json", exclude={"output_dir", "cache_dir"}))
+def ensure_experiment(client, name: str, artifact_location: str | None = None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location,
+                                    tags={EXPERIMENT_KIND_TAG[0]: EXPERIMENT_KIND_TAG[1]})
+
+
+def start_sweep_run(client, experiment_id: str, sweep_name: str, params: dict[str, Any]) -> str:
+    """The parent run, created by the driver before any trial starts."""
+    run = client.create_run(experiment_id, run_name=sweep_name, tags={SWEEP_TAG: sweep_name, KIND_TAG: "sweep"})
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id
 
 
 def sync_trial_runs(client, experiment_id: str, parent_run_id: str, records: list[TrialRecord],
@@ -78,9 +97,13 @@ def sync_trial_runs(client, experiment_id: str, parent_run_id: str, records: lis
         run = runs.get(rec.trial_id)
         if run is None:
             counts.runs_created += 1
+            spec = TrialSpec.model_validate(spec_with_params(base_spec, rec.params)).model_dump(mode="json")
+            last = rec.history.iloc[-1] if len(rec.history) else {}
+            params, tags = trial_run_fields(spec, rec.params, node=last.get("node_id"),
+                                            pid=int(last["pid"]) if "pid" in last else None)
             run_id = open_trial_run(client, experiment_id, parent_run_id, rec.trial_id, rec.trial_id,
-                                    params=trial_params(base_spec, rec.params),
-                                    tags={f"swept.{k}": str(v) for k, v in rec.params.items()})
+                                    params=params, tags=tags)
+            client.log_text(run_id, json.dumps(spec, indent=2), "trial_spec.json")
         else:
             run_id = run.info.run_id
         logged = {int(m.step) for m in client.get_metric_history(run_id, "step")}
@@ -113,4 +136,4 @@ def log_analysis(client, run_id: str, analysis: SweepAnalysis) -> None:
     if analysis.best:
         client.log_dict(run_id, {k: (v if isinstance(v, (int, float, str)) else str(v))
                                  for k, v in analysis.best.items()}, "analysis/sweet_spot.json")
-        client.set_tag(run_id, "dpo_sweep.sweet_spot", analysis.summary.splitlines()[1][:5000])
+        client.set_tag(run_id, "dpo_sweep.sweet_spot", analysis.sweet_spot_line[:5000])

@@ -1,15 +1,118 @@
-"""Shared fixtures: one tiny-llama per test session, built in a temporary cache (no network)."""
+"""Shared fixtures: one tiny-llama per test session (built in a temporary cache, no network), trial and
+sweep configs on it, a real MLflow server, and the cluster view preflight checks resources against.
+
+The cluster view (`orchestrator.cluster`): what preflight checks resources against. Tests whose outcome
+depends on it (GPU requests, CPU counts) hand in the view they mean with the `cluster_view` fixture; the
+rest must pass whatever the machine. To check that they do, the suite can be run as if on another machine:
+
+    DPO_SWEEP_TEST_VIEW=16,1,80 scripts/test        # cpus, gpus, GiB per GPU: a 16-core box with one H100
+"""
 
 from __future__ import annotations
 
-import warnings
+import copy
+import os
 
 import pytest
+from procs import free_port, kill_tree, start_mlflow_server
 
+from orchestrator import cluster
+from orchestrator.cluster import ClusterView
 from trainables.config import TrialSpec
 from trainables.tiny_model import ensure_tiny_llama
 
-warnings.filterwarnings("ignore", category=FutureWarning)
+GIB = 1024**3
+
+
+def view(cpus: float, gpus: float = 0, gpu_gib: float | None = None) -> ClusterView:
+    return ClusterView(cpus=cpus, gpus=gpus, gpu_memory_bytes=int(gpu_gib * GIB) if gpu_gib else None)
+
+
+def session_view() -> ClusterView | None:
+    """DPO_SWEEP_TEST_VIEW as a view; None (the real machine) when unset."""
+    spec = os.environ.get("DPO_SWEEP_TEST_VIEW")
+    if not spec:
+        return None
+    cpus, gpus, gib = (float(x) for x in spec.split(","))
+    return view(cpus, gpus, gib)
+
+
+@pytest.fixture(autouse=True)
+def cluster_view(monkeypatch):
+    """`cluster_view(16, 1, 80)` makes preflight see that as this machine for the rest of the test. Until
+    called: DPO_SWEEP_TEST_VIEW's machine, else the real one."""
+
+    def set_view(cpus: float, gpus: float = 0, gpu_gib: float | None = None) -> ClusterView:
+        chosen = view(cpus, gpus, gpu_gib)
+        monkeypatch.setattr(cluster, "local_view", lambda: chosen)
+        return chosen
+
+    chosen = session_view()
+    if chosen is not None:
+        monkeypatch.setattr(cluster, "local_view", lambda: chosen)
+    return set_view
+
+
+def merge(base: dict, sections: dict) -> dict:
+    """`base` with `sections` merged in, mappings key by key at every depth."""
+    out = copy.deepcopy(base)
+    for key, value in sections.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def small_sweep(model_cache: str, storage, **sections) -> dict:
+    """A small sweep config as a dict: tiny-llama, 256 synthetic pairs, one CPU per trial, Ray's results and the
+    sqlite store under `storage`. Keyword sections are merged in: small_sweep(..., search={"space": {...}})."""
+    base = {
+        "name": "t",
+        "trial": {"cache_dir": model_cache,
+                  "data": {"source": "synthetic", "synthetic": {"num_train": 256, "num_eval": 64, "num_probe": 16}},
+                  "dpo": {"per_device_train_batch_size": 16, "reports_per_epoch": 4}},
+        "storage": {"path": str(storage)},
+        "resources": {"cpu_per_trial": 1},
+    }
+    return merge(base, sections)
+
+
+@pytest.fixture
+def sweep_raw(model_cache, tmp_path):
+    """`small_sweep` with storage in tmp_path/out."""
+    return lambda **sections: small_sweep(model_cache, tmp_path / "out", **sections)
+
+
+@pytest.fixture
+def make_sweep(sweep_raw):
+    """As `sweep_raw`, validated: a SweepConfig."""
+    from orchestrator.config import validate_sweep_config
+
+    return lambda **sections: validate_sweep_config(sweep_raw(**sections))
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 over one sqlite store; `stop()` and `start()` again keep its data."""
+
+    def __init__(self, root):
+        self.root, self.port, self.proc = root, free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MlflowServer:
+        self.proc = start_mlflow_server(self.root, self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_tree(self.proc.pid)
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

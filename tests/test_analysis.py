@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from orchestrator.analysis import COMPLETED, STOPPED, TrialRecord, analyze
+from orchestrator.analysis import analyze
+from orchestrator.records import COMPLETED, STOPPED, TrialRecord
 
 
 def record(tid, beta, lr, accs, expected=4, flag=False, drift=0.1):

@@ -13,25 +13,16 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from procs import free_port, kill_tree, start_mlflow_server, wait_for
+from conftest import small_sweep
+from procs import free_port, kill_tree, wait_for
 
+from orchestrator.cluster import ClusterView
 from orchestrator.preflight import PreflightError, check_tracking_for_cluster, run_preflight
 from trainables.tracking import NODE_TAG, PARENT_TAG, STATUS_TAG, make_client
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 SECRET = "s3cr3t-mlflow-token-4242"
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    proc = start_mlflow_server(root, port)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        kill_tree(proc.pid)
 
 
 @pytest.fixture(scope="module")
@@ -59,23 +50,15 @@ def two_node_cluster():
 
 
 def cluster_sweep(path: Path, model_cache: str, storage: Path, tracking_uri: str) -> Path:
-    path.write_text(yaml.safe_dump({
-        "name": "cluster",
-        "trial": {"cache_dir": model_cache,
-                  "data": {"source": "synthetic", "synthetic": {"num_train": 256, "num_eval": 64, "num_probe": 16}},
-                  "dpo": {"reports_per_epoch": 2, "learning_rate": 5e-4}},
-        "search": {"space": {"beta": {"grid": [0.1, 0.3]}}},
-        "scheduler": {"kind": "fifo"},
-        "resources": {"cpu_per_trial": 1},
-        "tracking": {"uri": tracking_uri},
-        "storage": {"path": str(storage)},
-    }))
+    path.write_text(yaml.safe_dump(small_sweep(
+        model_cache, storage, name="cluster", trial={"dpo": {"reports_per_epoch": 2, "learning_rate": 5e-4}},
+        search={"space": {"beta": {"grid": [0.1, 0.3]}}}, scheduler={"kind": "fifo"}, tracking={"uri": tracking_uri})))
     return path
 
 
 def test_sweep_via_ray_job_submit_on_two_nodes(two_node_cluster, mlflow_server, model_cache, tmp_path):
     storage = tmp_path / "shared-storage"
-    sweep = cluster_sweep(tmp_path / "sweep.yaml", model_cache, storage, mlflow_server)
+    sweep = cluster_sweep(tmp_path / "sweep.yaml", model_cache, storage, mlflow_server.uri)
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_USERNAME": "sweeper", "MLFLOW_TRACKING_PASSWORD": SECRET}}
     out = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", two_node_cluster["dashboard"],
@@ -85,7 +68,7 @@ def test_sweep_via_ray_job_submit_on_two_nodes(two_node_cluster, mlflow_server, 
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "Sweet spot" in out.stdout
 
-    client = make_client(mlflow_server)
+    client = make_client(mlflow_server.uri)
     exp = client.get_experiment_by_name("cluster")
     parents = client.search_runs([exp.experiment_id], "tags.`dpo_sweep.kind` = 'sweep'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -126,9 +109,6 @@ def test_tracking_rule_without_a_cluster():
     assert not check_tracking_for_cluster("http://10.0.0.5:5000", nodes=8, autoscales=True)
 
 
-def test_preflight_refuses_sqlite_on_a_multi_node_cluster(model_cache, tmp_path):
-    from orchestrator.config import validate_sweep_config
-
-    cfg = validate_sweep_config({"trial": {"cache_dir": model_cache}, "storage": {"path": str(tmp_path)}})
+def test_preflight_refuses_sqlite_on_a_multi_node_cluster(make_sweep):
     with pytest.raises(PreflightError, match="trials on the others cannot reach it"):
-        run_preflight(cfg, {"CPU": 16}, log=None, nodes=3)
+        run_preflight(make_sweep(), ClusterView(cpus=16, gpus=0, nodes=3, joined=True), log=None)

@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.cli import shipped_config
 from trainables.config import ConfigError, apply_overrides, load_trial_spec, validate_trial_spec
-from trainables.trial import loss_settings
+from trainables.trainer import loss_settings
 
 
 @pytest.mark.parametrize(

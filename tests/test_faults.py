@@ -24,7 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from procs import free_port, kill_tree, start_mlflow_server
+from conftest import MlflowServer, merge, small_sweep
+from procs import kill_tree
 
 from trainables.tracking import PARENT_TAG, PID_TAG, STATUS_TAG, make_client
 
@@ -33,18 +34,10 @@ BIN = Path(sys.executable).parent
 
 
 def write_sweep(path: Path, model_cache: str, storage: Path, name: str, space: dict, **sections) -> Path:
-    raw = {
-        "name": name,
-        "trial": {"cache_dir": model_cache,
-                  "data": {"source": "synthetic", "synthetic": {"num_train": 256, "num_eval": 64, "num_probe": 16}},
-                  "dpo": {"num_train_epochs": 2, "reports_per_epoch": 4, "learning_rate": 5e-4,
-                          "per_device_train_batch_size": 16}},
-        "search": {"space": space},
-        "scheduler": {"kind": "fifo"},
-        "resources": {"max_concurrent_trials": 1, "cpu_per_trial": 1},
-        "storage": {"path": str(storage)},
-        **sections,
-    }
+    """The small sweep, 2 epochs, one trial at a time, as a YAML file for `dpo-sweep run`."""
+    raw = small_sweep(model_cache, storage, **merge({
+        "name": name, "trial": {"dpo": {"num_train_epochs": 2, "learning_rate": 5e-4}}, "search": {"space": space},
+        "scheduler": {"kind": "fifo"}, "resources": {"max_concurrent_trials": 1}}, sections))
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -85,6 +78,18 @@ def sqlite_steps_by_run(db: Path) -> dict[str, int]:
         return {}
 
 
+def wait_until(probe, proc: subprocess.Popen, seconds: float, every: float = 0.2):
+    """The first truthy value of `probe()` (each read used once, never read twice), polled while `proc` runs;
+    None if `proc` ended or `seconds` passed first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        value = probe()
+        if value:
+            return value
+        time.sleep(every)
+    return None
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -104,18 +109,20 @@ def test_killed_trial_worker_resumes_from_its_checkpoint_with_nothing_lost(model
     proc = subprocess.Popen([str(BIN / "dpo-sweep"), "run", str(sweep)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     db = storage / "mlflow.db"
-    killed = None
-    deadline = time.monotonic() + 300
-    while killed is None and time.monotonic() < deadline and proc.poll() is None:
-        client_pid = None
-        if sqlite_steps_by_run(db):
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+
+    def worker_after_two_reports() -> int | None:
+        """The trial worker's pid once its run has two steps logged: one read of the store answers both."""
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            try:
+                steps = con.execute("select count(*) from metrics where key = 'step'").fetchone()[0]
                 row = con.execute("select value from tags where key = ?", (PID_TAG,)).fetchone()
-                client_pid = int(row[0]) if row else None
-        if client_pid and max(sqlite_steps_by_run(db).values()) >= 2:  # two reports in: kill the worker
-            os.kill(client_pid, signal.SIGKILL)
-            killed = client_pid
-        time.sleep(0.2)
+            except sqlite3.OperationalError:  # tables not created yet
+                return None
+        return int(row[0]) if row and steps >= 2 else None
+
+    killed = wait_until(lambda: db.exists() and worker_after_two_reports(), proc, 300)
+    if killed:
+        os.kill(killed, signal.SIGKILL)
     out, err = proc.communicate(timeout=600)
     assert killed, f"never saw the trial report twice:\n{out[-2000:]}\n{err[-2000:]}"
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
@@ -142,16 +149,15 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(model_cache, tm
     proc = subprocess.Popen([str(BIN / "dpo-sweep"), "run", str(sweep)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     family: set[psutil.Process] = set()
-    deadline = time.monotonic() + 400
+
+    def one_finished_and_the_next_three_reports_in() -> bool:
+        family.update(descendants(proc.pid))
+        counts = sorted(sqlite_steps_by_run(db).values(), reverse=True)  # one read, used once
+        return len(counts) >= 2 and counts[0] == 8 and counts[1] >= 3
+
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            family.update(descendants(proc.pid))
-            counts = sorted(sqlite_steps_by_run(db).values(), reverse=True)
-            # One trial finished (8 reports), the next three reports in: the driver dies mid-sweep.
-            if len(counts) >= 2 and counts[0] == 8 and counts[1] >= 3:
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.2)
+        if wait_until(one_finished_and_the_next_three_reports_in, proc, 400):
+            proc.send_signal(signal.SIGKILL)  # the driver dies mid-sweep
         proc.wait(timeout=30)
     finally:
         for p in family:  # Ray's agents outlive a SIGKILLed driver: stop what this test started
@@ -207,9 +213,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(model_cache, tm
 def test_mlflow_server_outage_and_a_nan_trial_lose_nothing(model_cache, tmp_path, figures):
     root = tmp_path / "mlflow"
     root.mkdir()
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = start_mlflow_server(root, port)
+    server = MlflowServer(root).start()
+    uri = server.uri
     storage = tmp_path / "out"
     # Learning rate 1e30 explodes the adapter: NaN held-out metrics at the first report, for real. A trial
     # that ends while the server is away waits only 2 s for its queued calls: the driver fills in the rest.
@@ -217,31 +222,27 @@ def test_mlflow_server_outage_and_a_nan_trial_lose_nothing(model_cache, tmp_path
                         {"learning_rate": {"grid": [5e-4, 1e-3, 1e30]}}, tracking={"uri": uri, "flush_s": 2})
     proc = subprocess.Popen([str(BIN / "dpo-sweep"), "run", str(sweep)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+    def reports() -> int:
+        experiments = list(storage.glob("outage-*"))
+        return sum(len(s) for s in ray_steps(experiments[0]).values()) if experiments else 0
+
     outage_s = rows_during_outage = 0
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            experiments = list(storage.glob("outage-*"))
-            rows = sum(len(s) for s in ray_steps(experiments[0]).values()) if experiments else 0
-            if rows >= 2:
-                break
-            time.sleep(0.2)
-        kill_tree(server.pid)  # the tracking server goes away mid-training
-        down_at, rows_at_stop = time.monotonic(), rows
-        while time.monotonic() - down_at < 90 and proc.poll() is None:
-            rows = sum(len(s) for s in ray_steps(experiments[0]).values())
-            # Down for 20 s at least, and training went on: four more reports while MLflow was away.
-            if rows >= rows_at_stop + 4 and time.monotonic() - down_at >= 20:
-                break
-            time.sleep(0.5)
+        rows_at_stop = wait_until(lambda: (n := reports()) >= 2 and n, proc, 300) or reports()
+        server.stop()  # the tracking server goes away mid-training
+        down_at = time.monotonic()
+        # Down for 20 s at least, and training went on: four more reports while MLflow was away.
+        rows = wait_until(lambda: (n := reports()) >= rows_at_stop + 4 and time.monotonic() - down_at >= 20 and n,
+                          proc, 90, every=0.5) or reports()
         rows_during_outage = rows - rows_at_stop
-        server = start_mlflow_server(root, port)  # back, same store, same port
+        server.start()  # back, same store, same port
         outage_s = time.monotonic() - down_at
         out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             kill_tree(proc.pid)
-        kill_tree(server.pid)
+        server.stop()
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     assert rows_during_outage >= 4, "training did not go on while the tracking server was down"
 
@@ -250,13 +251,13 @@ def test_mlflow_server_outage_and_a_nan_trial_lose_nothing(model_cache, tmp_path
     unique = {t: sorted(set(s)) for t, s in steps.items()}
     assert all(len(s) == len(unique[t]) for t, s in steps.items())
 
-    server = start_mlflow_server(root, port)
+    server.start()
     try:
         children = mlflow_children(uri, "outage")
         statuses = sorted(run.data.tags[STATUS_TAG] for run in children.values())
         logged = {t: mlflow_steps(uri, run) for t, run in children.items()}
     finally:
-        kill_tree(server.pid)
+        server.stop()
     assert statuses == ["completed", "completed", "diverged"]  # the sweep went on past the NaN trial
     assert set(logged) == set(unique) and all(logged[t] == unique[t] for t in unique)  # every step, once
     assert "Diverged" in out and "learning_rate=1e+30" in out

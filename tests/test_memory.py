@@ -5,13 +5,14 @@ from __future__ import annotations
 import bitsandbytes as bnb
 import pytest
 import torch
+from conftest import small_sweep
 
 from orchestrator.config import validate_sweep_config
 from orchestrator.preflight import GIB, plan_gpu_packing
 from trainables.config import ModelSettings
 from trainables.memory import estimate_trial_memory
 from trainables.model import load_base_model
-from trainables.trial import build_trainer
+from trainables.trainer import build_trainer
 
 
 def quiet(*_):
@@ -77,7 +78,7 @@ def test_activations_match_what_autograd_saves(make_spec, overrides):
 
 
 def packing_config(model_cache, **resources):
-    return validate_sweep_config({"trial": {"cache_dir": model_cache}, "resources": resources})
+    return validate_sweep_config(small_sweep(model_cache, "unused", resources=resources))
 
 
 def test_auto_packs_as_many_trials_as_fit(model_cache):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from procs import free_port, kill_tree, wait_for
+from conftest import small_sweep
 
 from trainables.tracking import KIND_TAG, PARENT_TAG, make_client
 
@@ -93,49 +93,23 @@ def screenshots() -> Path:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """As in test_cluster.py: one worker and no job executor make it answer in about 5 s."""
-    root = tmp_path_factory.mktemp("mlflow-ui-server")
-    port = free_port()
-    with open(root / "server.log", "w") as log:
-        proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=log, stderr=log)
-        try:
-            started = time.monotonic()
-            wait_for(f"http://127.0.0.1:{port}/health")
-            print(f"[mlflow] server pid {proc.pid} answered in {time.monotonic() - started:.1f} s", flush=True)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            kill_tree(proc.pid)
-
-
-@pytest.fixture(scope="module")
 def ui_sweep(mlflow_server, model_cache, tmp_path_factory) -> dict:
     """2 x 2 beta x learning_rate on 128 rows, fifo: four short trials, about 35 s on 2 CPUs."""
     root = tmp_path_factory.mktemp("ui-sweep")
     config = root / "sweep.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": SWEEP_NAME,
-        "trial": {"cache_dir": model_cache,
-                  "data": {"source": "synthetic", "synthetic": {"num_train": 128, "num_eval": 32, "num_probe": 8}},
-                  "dpo": {"per_device_train_batch_size": 16, "reports_per_epoch": 2}},
-        "search": {"space": {"beta": {"grid": [0.1, 0.5]}, "learning_rate": {"grid": [5e-3, 1e-6]}}},
-        "scheduler": {"kind": "fifo"},
-        "resources": {"cpu_per_trial": 1},
-        "storage": {"path": str(root / "storage")},
-    }))
-    print(f"[sweep] dpo-sweep run {config} --tracking-uri {mlflow_server}", flush=True)
+    config.write_text(yaml.safe_dump(small_sweep(
+        model_cache, root / "storage", name=SWEEP_NAME, scheduler={"kind": "fifo"},
+        trial={"data": {"synthetic": {"num_train": 128, "num_eval": 32, "num_probe": 8}}, "dpo": {"reports_per_epoch": 2}},
+        search={"space": {"beta": {"grid": [0.1, 0.5]}, "learning_rate": {"grid": [5e-3, 1e-6]}}})))
+    print(f"[sweep] dpo-sweep run {config} --tracking-uri {mlflow_server.uri}", flush=True)
     started = time.monotonic()
-    out = subprocess.run([str(BIN / "dpo-sweep"), "run", str(config), "--tracking-uri", mlflow_server],
+    out = subprocess.run([str(BIN / "dpo-sweep"), "run", str(config), "--tracking-uri", mlflow_server.uri],
                          env={**os.environ, "DPO_SWEEP_CACHE": model_cache}, capture_output=True, text=True,
                          timeout=300, check=False)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     print(f"[sweep] done in {time.monotonic() - started:.1f} s", flush=True)
 
-    client = make_client(mlflow_server)
+    client = make_client(mlflow_server.uri)
     exp = client.get_experiment_by_name(SWEEP_NAME)
     parents = client.search_runs([exp.experiment_id], f"tags.`{KIND_TAG}` = 'sweep'")
     assert len(parents) == 1
@@ -143,7 +117,7 @@ def ui_sweep(mlflow_server, model_cache, tmp_path_factory) -> dict:
     children = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
     assert len(children) == 4
     plot = Path(client.download_artifacts(parent.info.run_id, "analysis/interaction.png", str(root / "dl")))
-    return {"uri": mlflow_server, "experiment_id": exp.experiment_id, "parent": parent, "children": children,
+    return {"uri": mlflow_server.uri, "experiment_id": exp.experiment_id, "parent": parent, "children": children,
             "plot": plot}
 
 

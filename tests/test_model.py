@@ -63,10 +63,38 @@ def test_local_directory_and_hub_id_resolution(tmp_path, model_cache):
     assert resolve_model_path(settings) == str(local)
     model, _ = load_base_model(settings, log=None)
     assert isinstance(model.model.layers[1].self_attn.q_proj, bnb.nn.Linear4bit)
-    # A hub id passes through untouched to from_pretrained.
-    assert resolve_model_path(ModelSettings(name_or_path="Qwen/Qwen2.5-0.5B")) == "Qwen/Qwen2.5-0.5B"
     with pytest.raises(FileNotFoundError, match="directory './models/nope' does not exist"):
         resolve_model_path(ModelSettings(name_or_path="./models/nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         resolve_model_path(ModelSettings(name_or_path=str(tmp_path / "empty")))
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, offline: what a fresh machine without hub access has."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_a_hub_id_in_the_local_cache_passes_through_to_from_pretrained(hub_cache):
+    snapshot = hub_cache / "models--acme--tiny" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (hub_cache / "models--acme--tiny" / "refs").mkdir()
+    (hub_cache / "models--acme--tiny" / "refs" / "main").write_text("0123abc")
+    assert resolve_model_path(ModelSettings(name_or_path="acme/tiny")) == "acme/tiny"
+
+
+def test_a_hub_id_that_cannot_load_is_refused_before_any_trial_starts(hub_cache):
+    from trainables.config import InputError
+
+    with pytest.raises(InputError) as err:
+        resolve_model_path(ModelSettings(name_or_path="acme/tinny"))
+    text = str(err.value)
+    assert "'acme/tinny' is not in the Hugging Face cache" in text and "HF_HUB_OFFLINE is set" in text
+    assert "give a local directory" in text  # the fix

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from procs import free_port
 
+from orchestrator.cluster import ClusterView
 from orchestrator.config import load_sweep_config, validate_sweep_config
 from orchestrator.preflight import PreflightError, check_resources, run_preflight
 from search_spaces import SPACES
@@ -15,19 +16,8 @@ from trainables.config import ConfigError
 
 
 @pytest.fixture
-def sweep(model_cache, tmp_path):
-    def make(**sections):
-        raw = {
-            "name": "t",
-            "trial": {"cache_dir": model_cache,
-                      "data": {"source": "synthetic", "synthetic": {"num_train": 256, "num_eval": 64}}},
-            "storage": {"path": str(tmp_path / "out")},
-        }
-        for k, v in sections.items():
-            raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
-        return validate_sweep_config(raw)
-
-    return make
+def sweep(make_sweep):
+    return make_sweep
 
 
 @pytest.mark.parametrize("name", list(SPACES))
@@ -100,7 +90,8 @@ def test_out_of_range_space_values_are_refused(sweep, space, needle):
     assert needle in refusals(sweep(search={"space": space}))
 
 
-def test_all_problems_at_once(sweep, tmp_path):
+def test_all_problems_at_once(sweep, tmp_path, cluster_view):
+    cluster_view(8)  # no GPU
     bad_rows = tmp_path / "bad.jsonl"
     bad_rows.write_text('{"prompt": "Q: a\\nA:", "chosen": " A", "rejected": " A"}\n' * 3)
     text = refusals(sweep(search={"space": {"betta": {"grid": [1]}}}, resources={"gpu_per_trial": 1},
@@ -113,15 +104,33 @@ def test_missing_model_path_is_refused(sweep):
         sweep(trial={"model": {"name_or_path": "./no/such/model"}}))
 
 
-def test_a_gpu_request_without_gpus_is_refused_not_left_pending(sweep):
+def test_a_gpu_request_without_gpus_is_refused_not_left_pending(sweep, cluster_view):
+    cluster_view(8)
     text = refusals(sweep(resources={"gpu_per_trial": 0.5}))
-    assert "Tune would leave every trial PENDING forever" in text
+    assert "this machine has no GPU; Tune would leave every trial PENDING forever" in text
     # The same rule against a cluster's resources, as `--address` preflight sees them.
-    assert check_resources(sweep(resources={"gpu_per_trial": 1}), {"CPU": 8, "GPU": 0})
-    assert not check_resources(sweep(resources={"gpu_per_trial": 0.25}), {"CPU": 8, "GPU": 2})
-    assert "has 2" in check_resources(sweep(resources={"gpu_per_trial": 4}), {"CPU": 8, "GPU": 2})[0]
+    joined = {"joined": True, "cpus": 8}
+    assert check_resources(sweep(resources={"gpu_per_trial": 1}), ClusterView(gpus=0, **joined))
+    assert not check_resources(sweep(resources={"gpu_per_trial": 0.25}), ClusterView(gpus=2, **joined))
+    assert "the Ray cluster has 2" in check_resources(sweep(resources={"gpu_per_trial": 4}),
+                                                      ClusterView(gpus=2, **joined))[0]
     assert "cpu_per_trial: 64 CPUs per trial" in check_resources(sweep(resources={"cpu_per_trial": 64}),
-                                                                 {"CPU": 8})[0]
+                                                                 ClusterView(gpus=0, **joined))[0]
+
+
+def test_a_gpu_request_on_a_gpu_machine_is_packed_by_its_memory(sweep, cluster_view):
+    cluster_view(16, 1, 80)  # a 16-core machine with one 80 GB GPU, whatever this one has
+    pre = run_preflight(sweep(resources={"gpu_per_trial": "auto", "cpu_per_trial": 2}), log=None)
+    assert 0 < pre.gpu_per_trial < 1 and any("trial(s) per GPU" in n for n in pre.notes)
+    assert "has 1" in refusals(sweep(resources={"gpu_per_trial": 2}))
+
+
+def test_a_hub_model_that_cannot_load_is_refused_by_preflight(sweep, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    text = refusals(sweep(trial={"model": {"name_or_path": "acme/no-such-model"}}))
+    assert "trial.model.name_or_path: 'acme/no-such-model' is not in the Hugging Face cache" in text
 
 
 def test_unreachable_tracking_server_is_refused(sweep):

@@ -17,7 +17,8 @@ from trainables.arithmetic import make_task
 from trainables.config import ArithmeticSettings, RewardHackingSettings, TrialSpec
 from trainables.gguf_models import SMOLLM2, ensure_converted, smollm2_gguf_path
 from trainables.model import load_base_model, resolve_compute_dtype
-from trainables.trial import build_trainer, run_trial
+from trainables.trainer import build_trainer
+from trainables.trial import run_trial
 
 pytestmark = pytest.mark.slow
 

@@ -129,8 +129,8 @@ def test_no_named_space_proposes_a_learning_rate_outside_the_lora_range():
 def test_lm_head_projects_only_completion_tokens_on_cpu_and_log_probs_are_unchanged(make_spec):
     import trl.trainer.utils as trl_utils
 
-    from trainables import sweep_trainer
-    from trainables.trial import build_trainer
+    from trainables import trainer as sweep_trainer
+    from trainables.trainer import build_trainer
 
     spec = make_spec(model={"compute_dtype": "float32"})
     trainer, _, _ = build_trainer(spec, lambda m, c: None, log=lambda *_: None)

@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 
+from orchestrator.prepare import build_shared_reference
 from trainables.data import load_preference_data
 from trainables.model import load_tokenizer, resolve_compute_dtype, resolve_model_path
-from trainables.reference import build_shared_reference, reference_key, reference_key_parts
+from trainables.reference import reference_key, reference_key_parts
 from trainables.trial import run_trial
 
 

@@ -1,6 +1,7 @@
 """Every input dpo-sweep refuses, refused the same way: exit code 2, a message naming the field, row or
 path and the fix, and no traceback. The README's table of refusals is generated from these cases
-(`python tests/test_refusals.py` prints it) and a test keeps the two in step.
+(`python tests/test_refusals.py` prints it) and a test keeps the two in step. Every case sees the same
+machine (MACHINE: 8 cores, no GPU), so the table does not depend on the one that runs the tests.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from orchestrator import cluster
+from orchestrator.cluster import ClusterView
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- refusals:begin -->", "<!-- refusals:end -->"
@@ -112,12 +116,21 @@ def table_row(what: str, argv: list[str], text: str) -> str:
     return f"| {what} | `dpo-sweep {' '.join(argv)}` | {cell} |"
 
 
+# The machine every case is refused on, whatever runs the tests: the README table reads the same everywhere.
+MACHINE = ClusterView(cpus=8, gpus=0)
+
+
 def run_all(cache: str, workdir: Path) -> list[tuple[int, str]]:
     results = []
-    for i, (_, argv, files) in enumerate(CASES):
-        cwd = workdir / str(i)
-        cwd.mkdir()
-        results.append(run_case(argv, files, cwd, cache))
+    real = cluster.local_view
+    cluster.local_view = lambda: MACHINE
+    try:
+        for i, (_, argv, files) in enumerate(CASES):
+            cwd = workdir / str(i)
+            cwd.mkdir()
+            results.append(run_case(argv, files, cwd, cache))
+    finally:
+        cluster.local_view = real
     return results
 
 

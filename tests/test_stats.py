@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
 
 from orchestrator import stats
-
-matplotlib.use("Agg")
 
 METRIC = "eval_rewards_accuracies"
 BETAS, LRS = [0.05, 0.1, 0.5], [1e-5, 1e-4, 1e-3]
@@ -226,37 +223,3 @@ def test_recommendation_reports_a_learning_rate_that_diverged_everywhere():
     s = stats.robust_sweet_spot(t, METRIC, "max", ["beta", "learning_rate"])
     text = stats.recommendation(t, METRIC, "max", ["beta", "learning_rate"], s)
     assert "Learning rate at or above 0.01 diverged in every trial." in text
-
-
-# ---------------------------------------------------------------------------------------------- plots
-
-def is_png(path) -> bool:
-    return path is not None and path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" \
-        and path.stat().st_size > 5_000
-
-
-def test_plots_write_pngs(tmp_path):
-    t = grid(interacting, reps=3)
-    anova = stats.two_way_anova(t, METRIC)
-    assert is_png(stats.plot_main_effects(t, METRIC, ["beta", "learning_rate"], tmp_path / "main.png"))
-    assert is_png(stats.plot_interaction_means(t, METRIC, "beta", "learning_rate", tmp_path / "inter.png", anova))
-    assert stats.plot_parallel_coordinates(t, METRIC, ["beta", "learning_rate"], tmp_path / "pc.png") is None
-    t["label_smoothing"] = np.tile([0.0, 0.1, 0.2], len(t) // 3)
-    assert is_png(stats.plot_parallel_coordinates(t, METRIC, ["beta", "learning_rate", "label_smoothing"],
-                                                  tmp_path / "pc.png"))
-    one_beta = t[t["beta"] == 0.1]
-    assert stats.plot_interaction_means(one_beta, METRIC, "beta", "learning_rate", tmp_path / "x.png") is None
-    assert stats.plot_main_effects(one_beta.assign(learning_rate=1e-4), METRIC, ["beta", "learning_rate"],
-                                   tmp_path / "y.png") is None
-
-
-def test_a_decade_of_learning_rates_is_drawn_on_a_log_axis():
-    import pandas as pd
-
-    from orchestrator.stats import log_like
-
-    assert log_like(pd.Series([1e-4, 3e-4, 1e-3]))  # the smollm2 example's grid: a decade, geometric
-    assert log_like(pd.Series([5e-5, 5e-4, 5e-3]))
-    assert not log_like(pd.Series([0.1, 0.5]))
-    assert not log_like(pd.Series(["sigmoid", "robust"]))
-    assert not log_like(pd.Series([0.0, 0.1, 0.2]))

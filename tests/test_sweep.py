@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
+from conftest import small_sweep
 
-from orchestrator.analysis import COMPLETED, STOPPED
 from orchestrator.config import validate_sweep_config
+from orchestrator.records import COMPLETED, STOPPED
 from orchestrator.sweep import run_sweep
 from trainables.config import RewardHackingSettings
 from trainables.tracking import FLAG_TAG, PARENT_TAG, STATUS_TAG, make_client
@@ -18,19 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def sweep_config(model_cache, out, **sections):
-    raw = {
-        "name": "t",
-        "trial": {
-            "cache_dir": model_cache,
-            "data": {"source": "synthetic", "synthetic": {"num_train": 256, "num_eval": 64, "num_probe": 16}},
-            "dpo": {"per_device_train_batch_size": 16, "reports_per_epoch": 4},
-        },
-        "storage": {"path": str(out)},
-        "resources": {"cpu_per_trial": 1},
-    }
-    for k, v in sections.items():
-        raw[k] = {**raw.get(k, {}), **v}
-    return validate_sweep_config(raw)
+    return validate_sweep_config(small_sweep(model_cache, out, **sections))
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +115,16 @@ def test_reward_hacking_flag_destroyed_trial_flagged_slow_one_not(model_cache, t
     assert set(result.analysis.table["reward_hacking"]) == {default, ""}
 
 
-def test_gpu_request_on_a_cpu_machine_is_refused_not_left_pending(model_cache, tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "run", "--set", "resources.gpu_per_trial=1",
-         "--set", f"storage.path={tmp_path}"],
-        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "DPO_SWEEP_CACHE": model_cache})
-    assert out.returncode == 2
-    assert "Tune would leave every trial PENDING forever" in out.stderr and "Traceback" not in out.stderr
+def test_gpu_request_on_a_cpu_machine_is_refused_not_left_pending(model_cache, tmp_path, cluster_view, monkeypatch,
+                                                                 capsys):
+    from orchestrator.cli import main
+
+    cluster_view(4)  # no GPU, whatever this machine has
+    monkeypatch.setenv("DPO_SWEEP_CACHE", model_cache)
+    code = main(["run", "--set", "resources.gpu_per_trial=1", "--set", f"storage.path={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "this machine has no GPU; Tune would leave every trial PENDING forever" in err and "Traceback" not in err
     assert not (tmp_path / "mlflow.db").exists()  # refused before anything was created
 
 

@@ -8,20 +8,18 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 
-from orchestrator.analysis import TrialRecord
-from orchestrator.tracking_sync import report_metrics, sync_trial_runs
+from orchestrator.records import TrialRecord
+from orchestrator.tracking_sync import ensure_experiment, report_metrics, start_sweep_run, sync_trial_runs
 from trainables.config import TrialSpec
 from trainables.tracking import (
     STATUS_TAG,
     TrialRunLogger,
     call_with_retries,
-    ensure_experiment,
     find_trial_runs,
     is_transient,
     log_step_metrics,
     make_client,
     open_trial_run,
-    start_sweep_run,
 )
 
 

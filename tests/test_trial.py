@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from trainables.model import load_base_model
 from trainables.probes import reference_divergence, sequence_logps
 from trainables.synthetic import SyntheticSettings, make_task
-from trainables.trial import build_trainer, report_steps, run_trial
+from trainables.trainer import build_trainer, report_steps
+from trainables.trial import run_trial
 
 
 def quiet(*_):
@@ -245,7 +246,7 @@ def test_a_trial_that_goes_nan_is_stopped_and_marked_diverged(make_spec):
 
 
 def test_out_of_memory_names_the_fix(make_spec, monkeypatch):
-    from trainables.sweep_trainer import SweepDPOTrainer
+    from trainables.trainer import SweepDPOTrainer
     from trainables.trial import TrialOutOfMemory
 
     real = SweepDPOTrainer.training_step

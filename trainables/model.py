@@ -51,8 +51,8 @@ def resolve_model_path(settings: ModelSettings, cache_dir: str | None = None, lo
 
     'tiny-llama' -> its cached directory (built once); 'smollm2-135m' and a `.gguf` file -> the cached
     conversion of the GGUF file (once per file content); a local directory -> its absolute path;
-    anything else is a hub id."""
-    from trainables.gguf_models import SMOLLM2, ensure_converted, is_gguf, smollm2_gguf_path
+    anything else is a hub id, checked to be loadable now (`check_hub_model`), not once a trial has started."""
+    from trainables.gguf_models import SMOLLM2, ModelUnavailable, ensure_converted, is_gguf, smollm2_gguf_path
 
     if settings.name_or_path == TINY_LLAMA:
         return str(ensure_tiny_llama(cache_dir, log=log))
@@ -63,18 +63,53 @@ def resolve_model_path(settings: ModelSettings, cache_dir: str | None = None, lo
     local = Path(settings.name_or_path).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():
-            raise FileNotFoundError(
+            raise ModelUnavailable(
                 f"model.name_or_path: {str(local)!r} exists but has no config.json; point it at a directory "
                 "written by save_pretrained, or use a Hugging Face model id"
             )
         return str(local.resolve())
     looks_local = settings.name_or_path.startswith((".", "/", "~")) or settings.name_or_path.count("/") > 1
     if looks_local:
-        raise FileNotFoundError(
+        raise ModelUnavailable(
             f"model.name_or_path: directory {settings.name_or_path!r} does not exist; "
             "give an existing directory or a Hugging Face id such as 'Qwen/Qwen2.5-0.5B'"
         )
+    check_hub_model(settings.name_or_path, settings.revision)
     return settings.name_or_path
+
+
+HUB_FIXES = ("give a local directory written by save_pretrained, or fill the Hugging Face cache on a machine that "
+             "reaches the hub (`hf download ID`) and run with HF_HUB_OFFLINE=1")
+
+
+def check_hub_model(model_id: str, revision: str | None = None, timeout_s: float = 10) -> None:
+    """A hub id loads from the local Hugging Face cache, or the hub answers for it; else ModelUnavailable
+    naming why (offline, a typo, a private or gated repo, no such revision) and the fix."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from trainables.gguf_models import ModelUnavailable
+
+    where = f"{model_id!r}" + (f" (revision {revision!r})" if revision else "")
+    if isinstance(try_to_load_from_cache(model_id, "config.json", revision=revision), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise ModelUnavailable(f"model.name_or_path: {where} is not in the Hugging Face cache "
+                               f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; {HUB_FIXES}")
+    try:
+        HfApi().model_info(model_id, revision=revision, timeout=timeout_s)
+    except GatedRepoError:
+        raise ModelUnavailable(f"model.name_or_path: {where} is a gated repo; accept its terms on the hub and set "
+                               "HF_TOKEN (or `hf auth login`), or " + HUB_FIXES) from None
+    except RevisionNotFoundError:
+        raise ModelUnavailable(f"model.name_or_path: {where}: the hub has no such revision; fix model.revision") \
+            from None
+    except RepositoryNotFoundError:
+        raise ModelUnavailable(f"model.name_or_path: the hub has no model {model_id!r} that this account can read: a "
+                               "typo, or a private repo (set HF_TOKEN); or " + HUB_FIXES) from None
+    except Exception as e:  # noqa: BLE001 - no network, DNS, proxy, timeout: the hub cannot be asked
+        raise ModelUnavailable(f"model.name_or_path: {where} is not in the Hugging Face cache and the hub cannot "
+                               f"be reached ({type(e).__name__}); {HUB_FIXES}") from None
 
 
 def quantization_config(settings: ModelSettings, device: torch.device | None = None):

@@ -13,15 +13,14 @@ of the libraries that tokenize and quantize (trl, transformers, bitsandbytes, to
 
     <storage>/reference-cache/<key>/{train,eval}/   datasets (save_to_disk) with ids + ref log-probs
     <storage>/reference-cache/<key>/meta.json        the key's parts, probes, sizes, seconds taken
+
+This module is the store and its key; the driver builds an entry (`orchestrator.prepare`), trials read one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,51 +100,6 @@ class SharedReference:
 def read_shared(path: str | Path) -> dict[str, Any] | None:
     meta = Path(path) / META
     return json.loads(meta.read_text()) if meta.is_file() else None
-
-
-def build_shared_reference(spec: TrialSpec, cache_root: str | Path, log=print) -> SharedReference:
-    """Find the shared data for `spec` under `cache_root`, or compute and store it (atomically)."""
-    import datasets
-
-    from trainables.data import load_preference_data
-    from trainables.model import load_tokenizer, resolve_model_path
-    from trainables.trial import build_trainer
-
-    model_path = resolve_model_path(spec.model, spec.cache_dir, log=log)
-    tokenizer = load_tokenizer(model_path, spec.model)
-    data = load_preference_data(spec.data, tokenizer, spec.dpo.max_length, spec.dpo.truncation_mode)
-    parts = reference_key_parts(spec, model_path, tokenizer, data.train, data.eval)
-    key = reference_key(parts)
-    target = Path(cache_root) / key
-    meta = read_shared(target)
-    if meta is not None:
-        return SharedReference(key, target, False, 0.0, meta["train_rows"], meta["eval_rows"])
-
-    start = time.perf_counter()
-    Path(cache_root).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root))
-    try:
-        ref_spec = spec.model_copy(deep=True)
-        ref_spec.dpo.precompute_ref_log_probs = True
-        ref_spec.output_dir = str(tmp / "unused-output")
-        trainer, _, _ = build_trainer(ref_spec, lambda m, c: None, log=log, data=data)
-        columns = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
-        for split, ds in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
-            datasets.Dataset.from_dict({c: ds[c] for c in columns}).save_to_disk(str(tmp / split))
-        seconds = time.perf_counter() - start
-        meta = {"key": key, "parts": parts, "probes": data.probes, "description": data.description,
-                "conversational": data.conversational, "train_rows": trainer.train_dataset.num_rows,
-                "eval_rows": trainer.eval_dataset.num_rows, "seconds": round(seconds, 3)}
-        shutil.rmtree(tmp / "unused-output", ignore_errors=True)
-        (tmp / META).write_text(json.dumps(meta, indent=2))
-        try:
-            tmp.rename(target)
-        except OSError:
-            if read_shared(target) is None:  # not another writer's finished copy: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return SharedReference(key, target, True, seconds, meta["train_rows"], meta["eval_rows"])
 
 
 def load_shared_datasets(path: str | Path):

@@ -1,5 +1,6 @@
-"""MLflow: the one module that opens runs, for the driver (the sweep's parent run) and the trials
-(nested child runs). Everything goes through an explicit `MlflowClient` and run ids, never the
+"""MLflow for trials: the tags every run carries, a trial's nested child run, and the queued logger
+that never holds training up. (The driver's own MLflow work - the experiment, the parent run, bringing
+MLflow up to date with Ray's results - is `orchestrator.tracking_sync`.) Everything goes through an explicit `MlflowClient` and run ids, never the
 fluent API's process-global active run, so a worker can never end the parent by accident.
 
 Nesting is the `mlflow.parentRunId` tag, which the UI groups by. A trial's child run is found by
@@ -23,6 +24,7 @@ FLAG_TAG = "dpo_sweep.reward_hacking"
 NODE_TAG = "dpo_sweep.node_id"  # the Ray node a trial (last) ran on
 EXPERIMENT_PATH_TAG = "dpo_sweep.experiment_path"  # on the parent: Ray's results, for resume / sync-mlflow
 PID_TAG = "dpo_sweep.worker_pid"  # the process running it there (to find, or stop, a stuck trial)
+SWEPT_TAG = "dpo_sweep.swept"  # the keys the search space set, comma-separated; each value is tag swept.<key>
 # Opens experiments in the classic training-runs view rather than the GenAI one.
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 
@@ -53,16 +55,6 @@ def make_client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def ensure_experiment(client, name: str, artifact_location: str | None = None) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location,
-                                    tags={EXPERIMENT_KIND_TAG[0]: EXPERIMENT_KIND_TAG[1]})
-
-
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -74,7 +66,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
+def log_params(client, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
@@ -82,11 +74,17 @@ def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=items[i : i + 100])
 
 
-def start_sweep_run(client, experiment_id: str, sweep_name: str, params: dict[str, Any]) -> str:
-    """The parent run, created by the driver before any trial starts."""
-    run = client.create_run(experiment_id, run_name=sweep_name, tags={SWEEP_TAG: sweep_name, KIND_TAG: "sweep"})
-    _log_params(client, run.info.run_id, params)
-    return run.info.run_id
+def trial_run_fields(spec: dict[str, Any], params: dict[str, Any], node: str | None = None,
+                     pid: int | str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """(params, tags) of a trial's child run, whoever creates it (the trial, or the driver's sync): the trial
+    config flattened (`spec`: TrialSpec.model_dump(mode="json")), the swept keys and values, and where it ran."""
+    run_params = flatten({k: v for k, v in spec.items() if k not in ("output_dir", "cache_dir")})
+    tags = {SWEPT_TAG: ",".join(sorted(params)), **{f"swept.{k}": str(v) for k, v in params.items()}}
+    if node:
+        tags[NODE_TAG] = str(node)
+    if pid is not None:
+        tags[PID_TAG] = str(pid)
+    return run_params, tags
 
 
 def open_trial_run(client, experiment_id: str, parent_run_id: str, trial_id: str, trial_name: str,
@@ -104,7 +102,7 @@ def open_trial_run(client, experiment_id: str, parent_run_id: str, trial_id: str
     run = client.create_run(experiment_id, run_name=trial_name,
                             tags={PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, KIND_TAG: "trial",
                                   STATUS_TAG: "running", **tags})
-    _log_params(client, run.info.run_id, params)
+    log_params(client, run.info.run_id, params)
     return run.info.run_id
 
 
@@ -209,10 +207,6 @@ class TrialRunLogger:
         with self._cv:
             self._ops.append(op)
             self._cv.notify()
-
-    @property
-    def pending(self) -> int:
-        return len(self._ops)
 
     def close(self, timeout: float) -> int:
         """Wait up to `timeout` s for the queue to drain; the number of calls not delivered."""

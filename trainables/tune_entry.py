@@ -15,16 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.config import TrialSpec, spec_with_params
-from trainables.tracking import (
-    FLAG_TAG,
-    NODE_TAG,
-    PID_TAG,
-    TrialRunLogger,
-    flatten,
-    open_trial_run,
-)
-
-SWEPT_TAG = "dpo_sweep.swept"
+from trainables.tracking import FLAG_TAG, TrialRunLogger, open_trial_run, trial_run_fields
 
 
 @dataclass(frozen=True)
@@ -61,12 +52,11 @@ def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
     # Tracking never holds training up: a queue drained by a background thread (see TrialRunLogger).
     # MLflow's own HTTP retries (minutes of backoff) would only delay that thread's own retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    node = ray.get_runtime_context().get_node_id()
+    run_params, tags = trial_run_fields(spec.model_dump(mode="json"), params, node=node, pid=os.getpid())
     tracker = TrialRunLogger(context.tracking_uri, log=_worker_log, open_run=lambda client: open_trial_run(
         client, context.experiment_id, context.parent_run_id, ctx.get_trial_id(), ctx.get_trial_name(),
-        params=flatten(spec.model_dump(mode="json", exclude={"output_dir", "cache_dir"})),
-        tags={SWEPT_TAG: ",".join(sorted(params)), NODE_TAG: ray.get_runtime_context().get_node_id(),
-              PID_TAG: str(os.getpid()), **{f"swept.{k}": str(v) for k, v in params.items()}},
-    ))
+        params=run_params, tags=tags))
     # A restarted trial continues its run, and metrics are idempotent by step: a step logged before a
     # crash and repeated after the restart is in the run once.
     tracker.log_text(json.dumps(spec.model_dump(mode="json"), indent=2), "trial_spec.json")
@@ -81,7 +71,9 @@ def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
             tracker.set_tag(FLAG_TAG, f"flagged at step {metrics['step']} by {metrics['reward_hack_signal']}: "
                                       f"{metrics['reward_hack_detail']}")
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        # The node rides along in Ray's results (Ray records the pid itself): a run the driver creates later
+        # from those results carries the same tags as one the trial opened.
+        tune.report({**metrics, "node_id": node}, checkpoint=checkpoint)
 
     try:
         checkpoint = tune.get_checkpoint()

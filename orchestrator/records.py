@@ -1,0 +1,140 @@
+"""A sweep's trials as plain records: what each trial was given, reported and how it ended.
+
+Built from Ray's results (`records_from_results`), or by hand in tests; everything downstream (the
+statistics, the plots, the analysis, MLflow's sync) reads records and the results table, never Ray.
+
+A step Ray holds twice - a trial restarted from a checkpoint older than its last result - keeps its
+first value, as MLflow does (a trial's run logs each step once): the two always agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from trainables.config import TrialSpec, spec_with_params
+
+COMPLETED, STOPPED, FAILED, STOPPED_HACKING = "completed", "stopped_by_asha", "failed", "stopped_reward_hacking"
+DIVERGED, OUT_OF_MEMORY = "diverged", "out_of_memory"
+# How an out-of-memory trial's error reads: ours (trainables.trial), torch's, or Ray's memory monitor killing it.
+OOM_MARKERS = ("TrialOutOfMemory", "OutOfMemoryError", "CUDA out of memory")
+# Metrics the results table shows beside the ranked one.
+EXTRA_RESULT_METRICS = ("eval_rewards_accuracies", "answer_exact_rate", "answer_length_tokens", "eval_logps_chosen",
+                        "eval_abs_logratio", "eval_loss")
+# Bookkeeping columns of the results table: with the metrics, what is not a knob.
+BOOKKEEPING = frozenset({"trial", "status", "reports", "reward_hacking"})
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    params: dict[str, Any]
+    history: pd.DataFrame  # one row per report
+    expected_reports: int
+    error: str | None = None
+    best_checkpoint: str | None = None
+
+    @property
+    def reports(self) -> int:
+        return len(self.history)
+
+    @property
+    def flagged(self) -> bool:
+        return bool(len(self.history) and "reward_hack_flag" in self.history
+                    and self.history["reward_hack_flag"].fillna(0).max() > 0)
+
+    @property
+    def flag_signal(self) -> str:
+        """The signal that flagged the trial ('' when none did)."""
+        if not self.flagged:
+            return ""
+        if "reward_hack_signal" in self.history:
+            named = self.history["reward_hack_signal"].dropna()
+            if len(named):
+                return str(named.iloc[-1])
+        return "flagged"
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return OUT_OF_MEMORY if any(m in self.error for m in OOM_MARKERS) else FAILED
+        if "diverged" in self.history and self.history["diverged"].fillna(0).max() > 0:
+            return DIVERGED
+        if self.reports >= self.expected_reports:
+            return COMPLETED
+        if self.flagged and "reward_hack_stop" in self.history and self.history["reward_hack_stop"].max() > 0:
+            return STOPPED_HACKING
+        return STOPPED
+
+    def last(self, metric: str) -> float:
+        if metric not in self.history or not len(self.history):
+            return math.nan
+        return float(self.history[metric].iloc[-1])
+
+    def best(self, metric: str, mode: str) -> float:
+        """The metric at its best report: the largest for mode 'max', the smallest for 'min'."""
+        if metric not in self.history or not len(self.history):
+            return math.nan
+        return float(self.history[metric].max() if mode == "max" else self.history[metric].min())
+
+
+def results_table(records: list[TrialRecord], metric: str, mode: str = "max") -> pd.DataFrame:
+    """One row per trial: its knobs, status, the metric at its last report and at its best (by `mode`), and
+    the other metrics shown beside it."""
+    rows = []
+    for r in records:
+        row = {"trial": r.trial_id, **r.params, "status": r.status, "reports": r.reports,
+               metric: r.last(metric), f"best_{metric}": r.best(metric, mode)}
+        for extra in EXTRA_RESULT_METRICS:
+            if extra in r.history and extra != metric:
+                row[extra] = r.last(extra)
+        row["reward_hacking"] = r.flag_signal  # which signal flagged it, '' for none
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def not_knobs(metric: str) -> set[str]:
+    """Columns of a results table that are neither knobs nor replicates."""
+    return {*BOOKKEEPING, *EXTRA_RESULT_METRICS, metric, f"best_{metric}"}
+
+
+def unique_steps(history: pd.DataFrame) -> pd.DataFrame:
+    """A trial's reports in step order, each step once (its first report, as in MLflow)."""
+    if "step" not in history or not len(history):
+        return history
+    return history.drop_duplicates("step", keep="first").sort_values("step").reset_index(drop=True)
+
+
+def expected_reports(base_spec: dict[str, Any], params: dict[str, Any]) -> int:
+    spec = TrialSpec.model_validate(spec_with_params(base_spec, params))
+    return spec.dpo.reports_per_epoch * spec.dpo.num_train_epochs
+
+
+def records_from_results(grid, base_spec: dict[str, Any], metric: str, mode: str) -> list[TrialRecord]:
+    """One record per trial of a Ray `ResultGrid`."""
+    records = []
+    for result in grid:
+        df = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        params = dict(result.config or {})
+        best = None
+        scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+        if scored:
+            sign = 1 if mode == "max" else -1
+            best = max(scored, key=lambda cm: sign * cm[1][metric])[0].path
+        records.append(TrialRecord(
+            trial_id=Path(result.path).name, params=params, history=unique_steps(df),
+            expected_reports=expected_reports(base_spec, params),
+            error=str(result.error) if result.error else None, best_checkpoint=best,
+        ))
+    return records
+
+
+def load_results(experiment_path: str):
+    """Ray's results of a sweep, read from its directory: no cluster, nothing re-run."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    return ResultGrid(ExperimentAnalysis(experiment_path))

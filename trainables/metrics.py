@@ -1,0 +1,31 @@
+"""What a trial reports: the `Report` callable's shape, and the metric names a sweep may rank trials
+by, watch, or plot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+# report(metrics, checkpoint_dir): called at every report step (Ray's tune.report, a printer, a list's append).
+Report = Callable[[dict[str, Any], str | None], None]
+
+PRIMARY_METRIC = "eval_rewards_accuracies"
+# Held-out metrics in every report: TRL's eval keys ('/' -> '_') plus the drift probe (trainables.probes).
+EVAL_METRICS = (
+    "eval_loss", "eval_rewards_accuracies", "eval_rewards_margins", "eval_rewards_chosen", "eval_rewards_rejected",
+    "eval_logps_chosen", "eval_logps_rejected", "eval_logits_chosen", "eval_logits_rejected", "eval_entropy",
+    "eval_mean_token_accuracy", "eval_abs_logratio", "eval_abs_logratio_per_token", "eval_chosen_logratio_per_token",
+    "eval_rejected_logratio_per_token",
+)
+# Bundled tasks only (data.source synthetic or arithmetic): probes with known answers.
+ANSWER_METRICS = ("answer_exact_rate", "answer_valid_rate", "answer_length_tokens")
+
+
+def reported_metrics(has_probes: bool) -> set[str]:
+    """Names a sweep may rank or watch trials by."""
+    return set(EVAL_METRICS) | (set(ANSWER_METRICS) if has_probes else set())
+
+
+def clean_metric_name(key: str) -> str:
+    """'eval_rewards/accuracies' -> 'eval_rewards_accuracies' ('/' nests keys in Ray Tune results)."""
+    return key.replace("/", "_")

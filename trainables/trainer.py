@@ -1,0 +1,290 @@
+"""A trial's trainer: TRL's DPOTrainer, the DPOConfig built from a TrialSpec, and the callback that
+evaluates, saves and reports at fixed steps. `build_trainer` sets all of it up and trains nothing
+(tests and benchmarks inspect the trainer); `trainables.trial.run_trial` trains.
+
+`SweepDPOTrainer` is TRL's DPOTrainer with what a sweep trial needs on top:
+
+1. Resume keeps the adapter's dtype. TRL 1.16 casts a QLoRA adapter's weights to bf16 when it
+   builds the trainer; resuming a checkpoint goes through peft's `load_adapter`, which upcasts them
+   to fp32 again, so a resumed trial trained at another precision than an uninterrupted one and
+   drifted away from it (seen here: 1-2 % apart in the final LoRA weights).
+2. Data prepared once per sweep is used as it is. TRL re-tokenizes every dataset it is given and,
+   with `precompute_ref_log_probs`, recomputes the reference log-probs (its cache is keyed by the
+   in-memory dataset, so nothing is shared between trials). Datasets that already carry token ids
+   and reference log-probs (see `trainables.reference`) skip both.
+3. On a CPU the LM head scores completion tokens only. TRL 1.16's fused LM head projects only the
+   positions that carry a label on Triton devices, but every position elsewhere (so that tile
+   shapes stay fixed for compilers such as Neuron's). On a CPU nothing is compiled, and with a
+   chat template most positions are prompt: SmolLM2's template puts ~40 tokens before an ~10-token
+   short answer, so 4 of every 5 rows of the 49152-wide projection, forward and backward, were
+   thrown away (the profile had that projection at 24% of a step). Which positions are projected
+   is the only change: the per-token log-probs are the same (tests/test_real_model_inputs.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import trl.trainer.utils as trl_utils
+from transformers import TrainerCallback
+from trl import DPOTrainer
+
+from trainables.config import ConfigError, TrialSpec
+from trainables.detectors import REFERENCE_PREFIX
+from trainables.metrics import Report, clean_metric_name
+
+STATE_FILE = "dpo_sweep_state.json"  # beside each checkpoint: what the trial needs to resume its own bookkeeping
+
+_trl_use_triton = trl_utils._use_triton
+
+
+def _project_labelled_positions_only(device) -> bool:
+    # Read by TRL's fused LM head as "project only labelled positions"; the kernel module keeps its own
+    # reference to the original, so the CPU still folds tiles with torch ops.
+    return device.type == "cpu" or _trl_use_triton(device)
+
+
+trl_utils._use_triton = _project_labelled_positions_only
+
+TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+class SweepDPOTrainer(DPOTrainer):
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        dtypes = {n: p.dtype for n, p in self.model.named_parameters() if p.requires_grad}
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        for name, param in self.model.named_parameters():
+            if name in dtypes and param.dtype != dtypes[name]:
+                param.data = param.data.to(dtypes[name])
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if all(c in getattr(dataset, "column_names", ()) for c in TOKENIZED_COLUMNS):
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        if all(c in getattr(dataset, "column_names", ()) for c in REFERENCE_COLUMNS):
+            return dataset
+        return super()._precompute_ref_logps(dataset, name, batch_size)
+
+
+def loss_settings(loss_type: str, label_smoothing: float) -> dict[str, Any]:
+    """DPOConfig loss fields; for 'sigmoid' with label smoothing, conservative DPO (cDPO).
+
+    TRL 1.16's sigmoid loss ignores label_smoothing. cDPO with flip rate e is
+        L = -(1-e) log s(x) - e log s(-x),   x = beta * (chosen - rejected log-ratio)
+    and TRL's robust loss is R = (-(1-e) log s(x) + e log s(-x)) / (1-2e), so
+        L = 2(1-e) * sigmoid - (1-2e) * R,
+    a weighted sum of two TRL losses: TRL's own loss code, metrics and logging stay in charge.
+    """
+    if loss_type == "sigmoid" and label_smoothing > 0:
+        e = label_smoothing
+        return {"loss_type": ["sigmoid", "robust"], "loss_weights": [2 * (1 - e), -(1 - 2 * e)],
+                "label_smoothing": e}
+    return {"loss_type": [loss_type], "loss_weights": None, "label_smoothing": label_smoothing}
+
+
+def build_dpo_config(spec: TrialSpec, device):
+    """The one place a TrialSpec becomes a TRL DPOConfig (`device`: where the trial trains)."""
+    from trl import DPOConfig
+
+    from trainables.model import resolve_compute_dtype
+
+    d = spec.dpo
+    dtype = resolve_compute_dtype(spec.model.compute_dtype, device)
+    return DPOConfig(
+        output_dir=spec.output_dir,
+        beta=d.beta,
+        learning_rate=d.learning_rate,
+        num_train_epochs=d.num_train_epochs,
+        gradient_accumulation_steps=d.gradient_accumulation_steps,
+        **loss_settings(d.loss_type, d.label_smoothing),
+        per_device_train_batch_size=d.per_device_train_batch_size,
+        per_device_eval_batch_size=d.per_device_eval_batch_size,
+        max_length=d.max_length,
+        truncation_mode=d.truncation_mode,
+        warmup_steps=d.warmup_ratio,  # transformers 5: a value below 1 is a fraction of the total steps
+        lr_scheduler_type=d.lr_scheduler_type,
+        weight_decay=d.weight_decay,
+        seed=d.seed,
+        data_seed=d.seed,
+        precompute_ref_log_probs=d.precompute_ref_log_probs,
+        # Forward only, no gradients: the eval batch size fits, and fewer, larger batches are faster.
+        precompute_ref_batch_size=d.per_device_eval_batch_size,
+        gradient_checkpointing=d.gradient_checkpointing,
+        bf16=dtype == "bfloat16",
+        fp16=dtype == "float16",
+        use_cpu=device.type == "cpu",
+        # Evaluation, logging and saving are driven by ReportCallback at exact steps, not by Trainer strategies.
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        save_total_limit=spec.save_total_limit,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def report_steps(max_steps: int, num_epochs: int, reports_per_epoch: int) -> list[int]:
+    """Evenly spaced optimizer steps, the last one the final step: every trial reports the same number of
+    times whatever its size, epochs or accumulation - what ASHA's time axis needs."""
+    n = num_epochs * reports_per_epoch
+    if max_steps < n:
+        raise ConfigError([(
+            f"dpo.reports_per_epoch={reports_per_epoch} x num_train_epochs={num_epochs} = {n} reports, but the trial "
+            f"has only {max_steps} optimizer steps; lower dpo.reports_per_epoch, the batch size or "
+            "gradient_accumulation_steps, or use more data"
+        )])
+    return [math.ceil(k * max_steps / n) for k in range(1, n + 1)]
+
+
+class ReportCallback(TrainerCallback):
+    """Evaluate, log and save at `report_steps`; report once the checkpoint of that step exists.
+
+    Each report carries TRL's held-out metrics, the drift probe (`trainables.probes`), the probe answers'
+    quality on bundled tasks, the reference model's answers (`ref_answer_*`, measured once before the first
+    step), the last train logs, and the reward-hacking monitor's verdict. A NaN or Inf ends the trial.
+    """
+
+    def __init__(self, report: Report, spec: TrialSpec, probes, tokenizer, log=print):
+        from trainables.probes import probe_settings
+        from trainables.reward_hacking import RewardHackingMonitor
+
+        self.report_fn, self.spec, self.probes, self.tokenizer, self.log = report, spec, probes, tokenizer, log
+        self.score, self.max_new_tokens = probe_settings(spec.data)
+        self.reports_per_epoch = spec.dpo.reports_per_epoch
+        self.steps: set[int] = set()
+        self.train_logs: dict[str, float] = {}
+        self.evaluated: dict[str, Any] | None = None
+        self.reports = 0
+        self.last_metrics: dict[str, Any] = {}
+        self.last_checkpoint: str | None = None
+        self.reference: dict[str, float] = {}
+        self.monitor = (RewardHackingMonitor(spec.reward_hacking, self.reports_per_epoch)
+                        if spec.reward_hacking.enabled else None)
+
+    def restore(self, checkpoint_dir: str) -> None:
+        from trainables.reward_hacking import RewardHackingMonitor
+
+        path = Path(checkpoint_dir, STATE_FILE)
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        self.reference = saved.get("reference", {})
+        if self.monitor and "reward_hacking" in saved:
+            self.monitor = RewardHackingMonitor.from_state(self.spec.reward_hacking, saved["reward_hacking"])
+
+    def probe(self, model) -> dict[str, float]:
+        from trainables.probes import answer_quality
+
+        return answer_quality(model, self.tokenizer, self.probes, batch_size=self.spec.dpo.per_device_eval_batch_size,
+                              max_new_tokens=self.max_new_tokens, score=self.score)
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self.steps = set(report_steps(state.max_steps, math.ceil(args.num_train_epochs), self.reports_per_epoch))
+        # The reference model's answers to the probes (`ref_answer_exact_rate`, ...), measured once and carried
+        # in every report: where the answer signals' peaks start, so a collapse before the first report is seen.
+        if self.probes and model is not None and not self.reference:
+            if state.global_step == 0:  # a fresh LoRA adapter (B = 0) is the identity: this is the reference
+                quality = self.probe(model)
+            else:  # a checkpoint of an older version, without the reference's answers
+                with model.disable_adapter():
+                    quality = self.probe(model)
+            self.reference = {REFERENCE_PREFIX + k: v for k, v in quality.items()}
+            self.log("[trial] reference model: " + ", ".join(f"{k} {v:.3g}" for k, v in quality.items()))
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step in self.steps:
+            control.should_log = control.should_evaluate = control.should_save = True
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs and not any(k.startswith("eval_") for k in logs):
+            self.train_logs = {f"train_{clean_metric_name(k)}": v for k, v in logs.items()
+                               if isinstance(v, (int, float)) and k != "epoch"}
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, eval_dataloader=None, **kw):
+        from trainables.probes import reference_divergence
+
+        m = {clean_metric_name(k): v for k, v in (metrics or {}).items()
+             if k.startswith("eval_") and isinstance(v, (int, float))}
+        if self.probes:
+            m.update(self.probe(model))
+        if eval_dataloader is not None:
+            m.update(reference_divergence(model, eval_dataloader))
+        self.evaluated = m
+
+    def on_save(self, args, state, control, **kw):
+        ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        metrics = {**(self.evaluated or {}), **self.reference, **self.train_logs, "step": state.global_step,
+                   "epoch": round(state.epoch or 0.0, 4)}
+        self.evaluated = None
+        # A NaN or Inf loss or metric does not come back: say so and stop spending compute on it.
+        non_finite = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+        metrics["diverged"] = float(bool(non_finite))
+        if non_finite:
+            control.should_training_stop = True
+        saved = {"reference": self.reference}
+        if self.monitor:
+            metrics.update(self.monitor.update(metrics))
+            saved["reward_hacking"] = self.monitor.state()
+            if self.monitor.should_stop:
+                control.should_training_stop = True
+        Path(ckpt, STATE_FILE).write_text(json.dumps(saved))
+        self.reports += 1
+        self.last_metrics, self.last_checkpoint = metrics, ckpt
+        self.report_fn(metrics, ckpt)
+
+
+def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_reference: str | None = None):
+    """(trainer, data, callback): everything set up, nothing trained. Tests inspect the trainer directly.
+
+    `data`: already loaded and validated rows (else loaded from spec.data). `shared_reference`: a
+    directory of `trainables.reference` - token ids and reference log-probs computed once for the
+    sweep; the trial then neither tokenizes nor runs a reference forward pass.
+    """
+    import datasets
+    import transformers
+    from transformers.trainer_callback import PrinterCallback
+
+    from trainables.data import PreferenceData, load_preference_data
+    from trainables.model import load_base_model, lora_config, trial_device
+    from trainables.reference import load_shared_datasets
+
+    # The caller's report callable is the trial's output; library progress bars would bury it.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    device = trial_device()
+    model, tokenizer = load_base_model(spec.model, spec.cache_dir, device=device, log=log)
+    if shared_reference:
+        train_ds, eval_ds, meta = load_shared_datasets(shared_reference)
+        data = PreferenceData(train=[], eval=[], probes=[tuple(p) for p in meta["probes"]],
+                              conversational=meta["conversational"], dropped=meta.get("dropped", {}),
+                              description=f"{meta['description']} (shared reference {meta['key']})")
+        spec = spec.model_copy(deep=True)
+        spec.dpo.precompute_ref_log_probs = True  # read from the dataset columns, never recomputed
+    else:
+        data = data or load_preference_data(spec.data, tokenizer, spec.dpo.max_length, spec.dpo.truncation_mode)
+        train_ds, eval_ds = datasets.Dataset.from_list(data.train), datasets.Dataset.from_list(data.eval)
+    if data.dropped:
+        log(f"[trial] {data.dropped_text()}")
+    log(f"[trial] data: {data.description}; {train_ds.num_rows} train / {eval_ds.num_rows} eval pairs; "
+        f"device {device}")
+
+    callback = ReportCallback(report, spec, data.probes, tokenizer, log=log)
+    trainer = SweepDPOTrainer(
+        model=model,
+        args=build_dpo_config(spec, device),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=lora_config(spec.lora),
+        callbacks=[callback],
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints every raw log dict; `report` is the output
+    return trainer, data, callback
+
+
