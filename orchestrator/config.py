@@ -150,5 +150,5 @@ def validate_sweep_config(raw: dict[str, Any], source: str | None = None) -> Swe
 
 
 def load_sweep_config(path: str | Path | None = None, overrides: list[str] = ()) -> SweepConfig:
-    raw = read_yaml(path) if path else {}
-    return validate_sweep_config(apply_overrides(raw, list(overrides)), source=str(path) if path else None)
+    raw = read_yaml(path) if path is not None else {}
+    return validate_sweep_config(apply_overrides(raw, list(overrides)), source=str(path) if path is not None else None)

@@ -52,3 +52,28 @@ def test_bad_input_is_refused_without_a_traceback(model_cache, args, needle):
     out = dpo_sweep("trial", *args, cache=model_cache)
     assert out.returncode == 2
     assert needle in out.stderr and "Traceback" not in out.stderr
+
+
+def test_only_input_errors_are_refusals_an_internal_missing_file_is_a_bug(monkeypatch, tmp_path):
+    """Exit 2 without a traceback is for input the user can fix; a FileNotFoundError from inside dpo-sweep is a
+    bug, and its traceback is what gets it fixed."""
+    from orchestrator import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["report", "no-such-sweep"]) == 2  # the user's input: refused
+
+    def internal(args):
+        raise FileNotFoundError(2, "No such file or directory", "/internal/cache/meta.json")
+
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), internal))
+    with pytest.raises(FileNotFoundError, match="/internal/cache/meta.json"):
+        cli.main(["spaces"])
+
+
+def _with_func(parser, func):
+    parser.set_defaults(func=func)
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            sub.set_defaults(func=func)
+    return parser

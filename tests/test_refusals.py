@@ -43,6 +43,9 @@ CASES = [
     ("a config file that does not exist", ["trial", "missing.yaml"], {}),
     ("a config file that is not YAML", ["trial", "broken.yaml"], {"broken.yaml": "dpo: {beta: [0.1\n"}),
     ("a config file that is not a mapping", ["trial", "list.yaml"], {"list.yaml": "- dpo\n- beta\n"}),
+    ("an empty config file", ["validate", "empty.yaml"], {"empty.yaml": "# nothing yet\n"}),
+    ("an empty config path", ["trial", ""], {}),
+    ("a damaged sweep state file", ["report", "sweep"], {"sweep/dpo_sweep.json": '{"name": "s"}'}),
     ("a data file that does not exist", ["trial", "--set", "data.source=prefs.jsonl"], {}),
     ("bad rows in the data (all reported at once)", ["trial", "--set", "data.source=bad.jsonl"],
      {"bad.jsonl": BAD_ROWS}),
@@ -84,6 +87,7 @@ def run_case(argv: list[str], files: dict[str, str], cwd: Path, cache: str) -> t
     from orchestrator.cli import main
 
     for name, text in files.items():
+        (cwd / name).parent.mkdir(parents=True, exist_ok=True)
         (cwd / name).write_text(text)
     old_cwd, old_cache = Path.cwd(), os.environ.get("DPO_SWEEP_CACHE")
     err, out = io.StringIO(), io.StringIO()

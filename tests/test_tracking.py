@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
@@ -42,6 +44,14 @@ def test_transient_and_permanent_errors_are_told_apart():
     assert is_transient(ConnectionRefusedError())
     assert not is_transient(MlflowException("bad key", INVALID_PARAMETER_VALUE))
     assert not is_transient(TypeError("a bug is not an outage"))
+    # A local file error is not an outage: retried for the whole patience it would only hide the message.
+    assert not is_transient(FileNotFoundError(2, "No such file or directory", "/x/mlflow.db"))
+    assert not is_transient(PermissionError(13, "Permission denied"))
+    assert not is_transient(OSError(28, "No space left on device"))
+    import requests
+
+    assert is_transient(requests.exceptions.ConnectionError("connection refused"))
+    assert is_transient(OSError(113, "No route to host"))
 
 
 def test_logger_queues_through_an_outage_and_delivers_every_step_once(store, monkeypatch):
@@ -138,3 +148,44 @@ def test_report_metrics_keep_a_diverged_reports_nan_and_drop_missing_values():
     assert set(report_metrics(row)) == {"step", "eval_loss", "diverged"}
     row = pd.Series({"step": 8, "eval_loss": 0.5, "train_loss": float("nan"), "diverged": 0})
     assert set(report_metrics(row)) == {"step", "eval_loss", "diverged"}
+
+
+def test_runs_created_by_sync_carry_what_a_trial_run_carries(store):
+    """Node, pid, swept keys and trial_spec.json, from Ray's results: a run rebuilt by sync-mlflow reads like one
+    the trial opened itself."""
+    from trainables.tracking import NODE_TAG, PID_TAG, SWEPT_TAG
+
+    _, client, exp, parent = store
+    rec = record("n", [4, 8])
+    rec.history["node_id"], rec.history["pid"] = "node-abc", 4242
+    sync_trial_runs(client, exp, parent, [rec], TrialSpec().model_dump(mode="json"))
+    run = find_trial_runs(client, exp, parent)["n"]
+    tags = run.data.tags
+    assert (tags[NODE_TAG], tags[PID_TAG], tags[SWEPT_TAG], tags["swept.beta"]) == ("node-abc", "4242", "beta", "0.1")
+    spec = client.download_artifacts(run.info.run_id, "trial_spec.json")
+    assert '"beta": 0.1' in Path(spec).read_text()
+
+
+def test_a_step_repeated_after_a_restart_keeps_its_first_value_in_mlflow_and_in_the_analysis(store):
+    """A trial restarted from a checkpoint older than its last result reports a step twice. MLflow keeps the first
+    (the trial's logger logs each step once), and so do the records the analysis reads: the two agree."""
+    from types import SimpleNamespace
+
+    from orchestrator.records import records_from_results
+
+    _, client, exp, parent = store
+    history = pd.DataFrame({"step": [4, 8, 8, 12], "eval_rewards_accuracies": [0.5, 0.6, 0.7, 0.8]})
+    result = SimpleNamespace(metrics_dataframe=history, config={"beta": 0.1}, path="/x/trial_r", error=None,
+                             best_checkpoints=[])
+    base = TrialSpec().model_dump(mode="json")
+    (rec,) = records_from_results([result], base, "eval_rewards_accuracies", "max")
+    assert rec.history["step"].tolist() == [4, 8, 12] and rec.history["eval_rewards_accuracies"].tolist() == [0.5, 0.6, 0.8]
+
+    logger = TrialRunLogger(store[0], open_run=lambda c: open_trial_run(c, exp, parent, "trial_r", "r", {}, {}),
+                            retry_s=0.01, log=lambda *_: None)
+    for _, row in history.iterrows():  # what the trial sent, the repeat included
+        logger.log_metrics(row.to_dict(), step=int(row["step"]))
+    assert logger.close(timeout=30) == 0
+    sync_trial_runs(client, exp, parent, [rec], base)
+    logged = {m.step: m.value for m in client.get_metric_history(logger.run_id, "eval_rewards_accuracies")}
+    assert logged == dict(zip(rec.history["step"], rec.history["eval_rewards_accuracies"], strict=True))

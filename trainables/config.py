@@ -350,13 +350,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    if not str(path).strip():
+        raise ConfigError(["config file: the path is empty; give a YAML file, or leave it out to use the defaults"])
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError([f"config file {str(p)!r} is a directory; give a YAML file inside it"])
     if not p.is_file():
         raise ConfigError([f"config file {str(p)!r} does not exist"])
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError([f"not valid YAML: {e}"], source=str(p)) from None
+    if raw is None:
+        raise ConfigError([("the file is empty (no keys); add the settings to change, or leave the file out to use "
+                           "the defaults")], source=str(p))
     if not isinstance(raw, dict):
         raise ConfigError([f"top level must be a mapping of keys, got {type(raw).__name__}"], source=str(p))
     return raw
@@ -364,9 +371,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_trial_spec(path: str | Path | None = None, overrides: list[str] = ()) -> TrialSpec:
     """YAML file (optional) + `--set` overrides -> validated TrialSpec, or ConfigError listing every problem."""
-    raw = read_yaml(path) if path else {}
+    raw = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, list(overrides))
-    return validate_trial_spec(raw, source=str(path) if path else None)
+    return validate_trial_spec(raw, source=str(path) if path is not None else None)
 
 
 def validate_trial_spec(raw: dict[str, Any], source: str | None = None) -> TrialSpec:

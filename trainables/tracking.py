@@ -11,6 +11,7 @@ its Ray trial id, so a restarted trial continues its run instead of opening a se
 
 from __future__ import annotations
 
+import errno
 import time
 from pathlib import Path
 from typing import Any
@@ -136,13 +137,25 @@ PERMANENT_ERRORS = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXIST
                               "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_STATE"})
 
 
+# What a network failure looks like from below MLflow: refused, reset, unreachable, timed out.
+NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
+                            errno.ENETUNREACH, errno.ENETDOWN, errno.ETIMEDOUT, errno.EPIPE})
+
+
 def is_transient(exc: BaseException) -> bool:
-    """A tracking failure worth retrying: server down or restarting, network, a busy sqlite file."""
+    """A tracking failure worth retrying: server down or restarting, the network, a busy sqlite file. A local
+    file error (missing, no permission, a full disk) is not: retrying it only delays the message."""
     from mlflow.exceptions import MlflowException
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+    from requests.exceptions import Timeout
 
     if isinstance(exc, MlflowException):
         return exc.error_code not in PERMANENT_ERRORS
-    return isinstance(exc, (OSError, TimeoutError)) or type(exc).__name__ in ("OperationalError", "DBAPIError")
+    if isinstance(exc, (ConnectionError, TimeoutError, RequestsConnectionError, Timeout)):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in NETWORK_ERRNOS
+    return type(exc).__name__ in ("OperationalError", "DBAPIError")
 
 
 def call_with_retries(fn, what: str, patience_s: float, log=print, retry_s: float = 5.0):
