@@ -64,6 +64,7 @@ def upload_dir(local: Path, target: str) -> None:
     import pyarrow.fs
 
     fs, inner = _fs(target)
+    fs.create_dir(inner, recursive=True)  # object stores have no directories; a file:// target needs it
     pyarrow.fs.copy_files(str(local), inner, destination_filesystem=fs)
 
 

@@ -111,6 +111,20 @@ def finish_sweep(cfg: SweepConfig, state: SweepState, grid, tracking_uri: str, l
     return records, analysis, counts
 
 
+def reopen_parent_run(client, state: SweepState, log=print) -> bool:
+    """Mark a resumed sweep's parent run running again; False when MLflow is unreachable right now, which must
+    not stop the resume: trials queue their logging, and the sweep's end brings MLflow up to date."""
+    try:
+        client.update_run(state.parent_run_id, status="RUNNING")
+        return True
+    except Exception as e:
+        if not is_transient(e):
+            raise
+        log(f"[sweep] MLflow unreachable ({e}): the sweep goes on; trials queue their logging and the end of the "
+            "sweep brings MLflow up to date")
+        return False
+
+
 def _artifact_location(cfg: SweepConfig, tracking_uri: str) -> str | None:
     """A local store keeps its artifacts beside Ray's results (MLflow's default is ./mlartifacts of the cwd)."""
     if "://" not in cfg.storage.path and is_local_uri(tracking_uri):

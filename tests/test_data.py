@@ -83,11 +83,13 @@ def test_bad_json_line_is_named(tmp_path):
 
 def test_drop_invalid_reports_what_was_dropped(tmp_path, tokenizer):
     rows = good_rows(20) + [{**GOOD, "chosen": None}, {**GOOD, "rejected": GOOD["chosen"]},
-                            {**GOOD, "rejected": GOOD["chosen"]}]
+                            {**GOOD, "rejected": GOOD["chosen"]}, {**GOOD, "chosen": None, "rejected": None}]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     data = load_preference_data(DataSettings(source=str(path), drop_invalid=True, eval_fraction=0.25),
                                 tokenizer, max_length=64)
-    assert data.dropped == {"None": 1, "chosen == rejected": 2}
+    # Rows, not problems: the last row has two problems and is one row dropped.
+    assert data.dropped == {"None": 2, "chosen == rejected": 2}
+    assert data.dropped_text() == "drop_invalid dropped 4 row(s): None 2, chosen == rejected 2"
     assert len(data.train) + len(data.eval) == 20 and len(data.eval) == 5
 
 

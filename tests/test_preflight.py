@@ -171,3 +171,27 @@ def test_grid_repeats_become_seeds_so_they_are_real_replicates(sweep):
     # A space that varies the seed itself, or sampled search, is left alone.
     pre = run_preflight(sweep(search={"space": {**space, "dpo.seed": {"grid": [7, 8]}}, "num_samples": 2}), log=None)
     assert "seed" not in pre.param_space and pre.num_samples == 2
+
+
+def test_a_sweep_says_and_records_how_many_rows_drop_invalid_dropped(sweep, tmp_path):
+    """Preflight, the shared reference and every trial drop the same rows: the sweep prints it once and records
+    it on its MLflow run."""
+    import json
+
+    from orchestrator.sweep import _start_sweep
+    from trainables.tracking import make_client
+
+    good = [{"prompt": f"Q{i}:", "chosen": f" a{i}", "rejected": f" b{i}"} for i in range(40)]
+    bad = [{"prompt": "Q:", "chosen": " same", "rejected": " same"}, {"prompt": "Q:", "chosen": None, "rejected": None}]
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in good + bad) + "\n")
+    cfg = sweep(trial={"data": {"source": str(data), "drop_invalid": True}, "dpo": {"reports_per_epoch": 1}},
+                search={"space": {"beta": {"grid": [0.1]}}})
+    pre = run_preflight(cfg, log=None)
+    assert pre.dropped_rows == {"chosen == rejected": 1, "None": 1} and pre.train_rows == 36
+    assert "drop_invalid dropped 2 row(s): chosen == rejected 1, None 1; every trial trains on the 36 rows left" \
+        in pre.notes
+    state = _start_sweep(cfg, pre, make_client(pre.tracking_uri))
+    run = make_client(pre.tracking_uri).get_run(state.parent_run_id)
+    assert run.data.params["data.dropped_rows"] == "2"
+    assert run.data.tags["dpo_sweep.dropped_rows"] == "chosen == rejected 1, None 1"
