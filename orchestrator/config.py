@@ -18,10 +18,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Discriminator, Field, NonNegativeFloat, Tag, ValidationError, field_validator
 
+from search_spaces.inline import Domain
 from trainables.config import (
     ConfigError,
     StrictModel,
@@ -29,13 +30,19 @@ from trainables.config import (
     apply_overrides,
     format_validation_error,
     read_yaml,
-    validate_trial_spec,
 )
 from trainables.metrics import PRIMARY_METRIC
 
+# A named space or an inline one, told apart by type (tags start with '~': left out of error locations).
+Space = Annotated[Annotated[str, Tag("~named")] | Annotated[dict[str, Domain], Tag("~inline")],
+                  Discriminator(lambda v: "~named" if isinstance(v, str) else "~inline")]
+# A number of GPUs per trial, or 'auto'.
+GpuRequest = Annotated[Annotated[NonNegativeFloat, Tag("~number")] | Annotated[Literal["auto"], Tag("~auto")],
+                       Discriminator(lambda v: "~auto" if isinstance(v, str) else "~number")]
+
 
 class SearchSettings(StrictModel):
-    space: str | dict[str, Any] = Field(
+    space: Space = Field(
         "seed-exercise", description="A named space (see `dpo-sweep spaces`) or {key: {grid|choice|uniform|"
                                      "loguniform: ...}} declared inline.")
     algorithm: Literal["grid", "random", "optuna"] = Field(
@@ -43,7 +50,7 @@ class SearchSettings(StrictModel):
     num_samples: int = Field(1, ge=1, description="grid: repeats of the whole grid, each with its own dpo.seed "
                              "(replicates for the analysis); random/optuna: trials.")
     metric: str = Field(PRIMARY_METRIC, description="Held-out metric ASHA and the analysis rank trials by.")
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] = Field("max", description="Whether a larger metric is better (max) or smaller.")
     seed: int | None = Field(None, description="Seed of random/optuna sampling.")
 
 
@@ -54,15 +61,8 @@ class SchedulerSettings(StrictModel):
 
 
 class ResourceSettings(StrictModel):
-    @field_validator("gpu_per_trial")
-    @classmethod
-    def _non_negative(cls, v):
-        if v != "auto" and v < 0:
-            raise ValueError("must be >= 0 or 'auto'")
-        return v
-
     cpu_per_trial: float = Field(1, gt=0, description="CPUs reserved per trial (and its torch threads).")
-    gpu_per_trial: float | Literal["auto"] = Field(
+    gpu_per_trial: GpuRequest = Field(
         0.0, description="GPUs per trial; a fraction packs several trials per GPU; 'auto' packs as many as fit "
                        "by the memory estimate (trainables/memory.py).")
     gpu_memory_gib: float | None = Field(
@@ -111,13 +111,13 @@ class SweepConfig(StrictModel):
         True, description="Tokenize the data and compute reference log-probs once per sweep, shared by all "
                           "trials (off: each trial runs TRL's own reference forward pass every step).")
     name: str = Field("dpo-sweep", pattern=r"^[A-Za-z0-9._-]+$", description="Sweep name (letters, digits, ._-).")
-    trial: TrialSpec = Field(default_factory=TrialSpec)
-    search: SearchSettings = Field(default_factory=SearchSettings)
-    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
-    resources: ResourceSettings = Field(default_factory=ResourceSettings)
-    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
-    storage: StorageSettings = Field(default_factory=StorageSettings)
-    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    trial: TrialSpec = Field(default_factory=TrialSpec, description="The base trial; swept keys override it.")
+    search: SearchSettings = Field(default_factory=SearchSettings, description="What is searched, how, ranked by.")
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="Early stopping (ASHA).")
+    resources: ResourceSettings = Field(default_factory=ResourceSettings, description="What each trial is given.")
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="MLflow.")
+    storage: StorageSettings = Field(default_factory=StorageSettings, description="Where results are kept.")
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings, description="The end-of-sweep analysis.")
 
     @property
     def experiment(self) -> str:
@@ -132,21 +132,10 @@ class SweepConfig(StrictModel):
 
 
 def validate_sweep_config(raw: dict[str, Any], source: str | None = None) -> SweepConfig:
-    trial_raw = raw.get("trial") if isinstance(raw.get("trial"), dict) else {}
-    problems: list[str] = []
     try:
-        validate_trial_spec(trial_raw)
-    except ConfigError as e:
-        problems += [f"trial.{p}" for p in e.problems]
-    try:
-        cfg = SweepConfig.model_validate(raw)
+        return SweepConfig.model_validate(raw)
     except ValidationError as e:
-        # The trial's problems came from validate_trial_spec above, with the trial's own field names.
-        problems += [p for p in format_validation_error(e, SweepConfig) if p.split(":")[0].split(".")[0] != "trial"]
-        cfg = None
-    if problems:
-        raise ConfigError(problems, source=source)
-    return cfg
+        raise ConfigError(format_validation_error(e, SweepConfig), source=source) from None
 
 
 def load_sweep_config(path: str | Path | None = None, overrides: list[str] = ()) -> SweepConfig:

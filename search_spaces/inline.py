@@ -11,44 +11,82 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 from ray import tune
+
+from trainables.config import StrictModel
 
 KINDS = ("grid", "choice", "uniform", "loguniform")
 
 
-def domain_from_yaml(key: str, spec: Any) -> tuple[Any, list[str]]:
-    """(Tune domain or constant, problems) for one declared key."""
-    if not isinstance(spec, dict):
-        return spec, []
-    if len(spec) != 1 or next(iter(spec)) not in KINDS:
-        return None, [(f"search.space.{key}: expected one of {{{', '.join(f'{k}: ...' for k in KINDS)}}} "
-                      f"or a plain value, got {spec!r}")]
-    kind, arg = next(iter(spec.items()))
-    if kind in ("grid", "choice"):
-        if not isinstance(arg, list) or not arg:
-            return None, [f"search.space.{key}.{kind}: expected a non-empty list, got {arg!r}"]
-        return (tune.grid_search(arg) if kind == "grid" else tune.choice(arg)), []
-    if (not isinstance(arg, list) or len(arg) != 2
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in arg)):
-        return None, [f"search.space.{key}.{kind}: expected [lower, upper] numbers, got {arg!r}"]
-    lo, hi = arg
-    if lo >= hi:
-        return None, [f"search.space.{key}.{kind}: lower must be < upper, got [{lo}, {hi}]"]
-    if kind == "loguniform" and lo <= 0:
-        return None, [f"search.space.{key}.loguniform: bounds must be > 0, got [{lo}, {hi}]"]
-    return (tune.uniform(lo, hi) if kind == "uniform" else tune.loguniform(lo, hi)), []
+class Grid(StrictModel):
+    grid: list[Any] = Field(min_length=1, description="Values tried one by one: an axis of the grid.")
+
+    def domain(self) -> Any:
+        return tune.grid_search(self.grid)
 
 
-def space_from_yaml(declared: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    space, problems = {}, []
-    for key, spec in declared.items():
-        domain, found = domain_from_yaml(str(key), spec)
-        problems += found
-        if not found:
-            space[str(key)] = domain
-    return space, problems
+class Choice(StrictModel):
+    choice: list[Any] = Field(min_length=1, description="Values sampled uniformly (random or optuna search).")
+
+    def domain(self) -> Any:
+        return tune.choice(self.choice)
+
+
+class Uniform(StrictModel):
+    uniform: tuple[float, float] = Field(description="[lower, upper]: sampled uniformly between them.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        lo, hi = self.uniform
+        if lo >= hi:
+            raise ValueError(f"uniform: lower must be < upper, got [{lo:g}, {hi:g}]")
+        return self
+
+    def domain(self) -> Any:
+        return tune.uniform(*self.uniform)
+
+
+class LogUniform(StrictModel):
+    loguniform: tuple[float, float] = Field(description="[lower, upper], both > 0: sampled on a log scale.")
+
+    @model_validator(mode="after")
+    def _positive_and_ordered(self) -> LogUniform:
+        lo, hi = self.loguniform
+        if lo <= 0:
+            raise ValueError(f"loguniform: bounds must be > 0, got [{lo:g}, {hi:g}]")
+        if lo >= hi:
+            raise ValueError(f"loguniform: lower must be < upper, got [{lo:g}, {hi:g}]")
+        return self
+
+    def domain(self) -> Any:
+        return tune.loguniform(*self.loguniform)
+
+
+def _kind(value: Any) -> str | None:
+    """Which domain a declared value is: its one key, or a plain value; None for a mapping that is neither."""
+    if not isinstance(value, dict):
+        return "~value"
+    if len(value) == 1 and next(iter(value)) in KINDS:
+        return f"~{next(iter(value))}"
+    return None
+
+
+# One declared key of an inline space. Tags start with '~' so error locations can leave them out.
+Domain = Annotated[
+    Annotated[Grid, Tag("~grid")] | Annotated[Choice, Tag("~choice")] | Annotated[Uniform, Tag("~uniform")]
+    | Annotated[LogUniform, Tag("~loguniform")] | Annotated[Any, Tag("~value")],
+    Discriminator(_kind, custom_error_type="search_domain",
+                  custom_error_message="expected one of {grid: ..., choice: ..., uniform: ..., loguniform: ...} or "
+                                       "a plain value"),
+]
+
+
+def space_from_yaml(declared: dict[str, Any]) -> dict[str, Any]:
+    """A validated inline space (`{key: Domain}`) as a Ray Tune param_space."""
+    return {str(k): d.domain() if isinstance(d, BaseModel) else d for k, d in declared.items()}
 
 
 def candidate_values(domain: Any) -> list[Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.cli import shipped_config
-from trainables.config import ConfigError, apply_overrides, load_trial_spec, validate_trial_spec
+from trainables.config import ConfigError, TrialSpec, apply_overrides, load_trial_spec, validate_trial_spec
 from trainables.trainer import loss_settings
 
 
@@ -29,7 +29,7 @@ def test_out_of_range_values_name_field_and_value(raw, field, value):
     with pytest.raises(ConfigError) as err:
         validate_trial_spec(raw)
     line = next(p for p in err.value.problems if p.startswith(field + ":"))
-    assert line.endswith(f"got {value}")
+    assert f"got {value}" in line
 
 
 def test_unknown_keys_are_refused_with_the_closest_valid_name():
@@ -58,9 +58,49 @@ def test_loss_types_that_ignore_label_smoothing_are_refused(loss):
     validate_trial_spec({"dpo": {"label_smoothing": 0.0, "loss_type": loss}})  # fine without smoothing
 
 
-def test_unknown_loss_type_lists_the_choices():
-    with pytest.raises(ConfigError, match="unknown loss type 'dpo'; choose one of sigmoid"):
+def test_unknown_choices_list_the_valid_ones_and_the_closest():
+    with pytest.raises(ConfigError, match="dpo.loss_type: Input should be 'sigmoid', 'hinge', 'ipo'"):
         validate_trial_spec({"dpo": {"loss_type": "dpo"}})
+    with pytest.raises(ConfigError, match="got 'cosin'; did you mean 'cosine'"):
+        validate_trial_spec({"dpo": {"lr_scheduler_type": "cosin"}})
+
+
+def test_the_lr_schedulers_are_transformers_own():
+    from transformers import SchedulerType
+
+    from trainables.config import LR_SCHEDULERS
+
+    assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType}
+
+
+def test_every_config_field_has_a_description():
+    from pydantic import BaseModel
+
+    from orchestrator.config import SweepConfig
+    from search_spaces.inline import Choice, Grid, LogUniform, Uniform
+
+    def missing(model: type[BaseModel], prefix: str = "") -> list[str]:
+        out = []
+        for name, info in model.model_fields.items():
+            if not info.description:
+                out.append(prefix + name)
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                out += missing(info.annotation, f"{prefix}{name}.")
+        return out
+
+    assert [f for m in (SweepConfig, Grid, Choice, Uniform, LogUniform) for f in missing(m)] == []
+
+
+def test_trl_and_transformers_own_refusals_come_before_any_model_loads():
+    """A schedule that needs an eval strategy, or settings dpo-sweep does not pass, is refused by building the
+    real DPOConfig and scheduler: a ConfigError naming it, not a traceback once the trial has started."""
+    from trainables.trainer import check_trainer_config
+
+    check_trainer_config(TrialSpec())
+    for name, needle in (("reduce_lr_on_plateau", "requires an eval strategy"),
+                         ("cosine_with_min_lr", "min_lr or min_lr_rate"), ("warmup_stable_decay", "num_decay_steps")):
+        with pytest.raises(ConfigError, match=needle):
+            check_trainer_config(validate_trial_spec({"dpo": {"lr_scheduler_type": name}}))
 
 
 def test_cdpo_is_a_weighted_sum_of_trl_losses():

@@ -10,6 +10,7 @@ import contextlib
 import io
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def run_case(argv: list[str], files: dict[str, str], cwd: Path, cache: str) -> t
             os.environ.pop("DPO_SWEEP_CACHE", None)
         else:
             os.environ["DPO_SWEEP_CACHE"] = old_cache
-    return code, err.getvalue()
+    return code, err.getvalue().replace(f"{cwd}/", "")  # paths as the user gave them, not this run's temp dir
 
 
 def message(stderr: str) -> str:
@@ -117,7 +118,7 @@ def message(stderr: str) -> str:
 
 def table_row(what: str, argv: list[str], text: str) -> str:
     cell = re.sub(r"\s+", " ", text).replace("|", "\\|")
-    return f"| {what} | `dpo-sweep {' '.join(argv)}` | {cell} |"
+    return f"| {what} | `dpo-sweep {shlex.join(argv)}` | {cell} |"
 
 
 # The machine every case is refused on, whatever runs the tests: the README table reads the same everywhere.

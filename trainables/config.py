@@ -13,11 +13,13 @@ module that owns that concern (`trainables.model`, `trainables.trial`).
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from trainables.detectors import SIGNALS
 
@@ -27,6 +29,11 @@ LABEL_SMOOTHING_LOSSES = ("sigmoid", "robust", "exo_pair", "aot", "aot_unpaired"
 LOSS_TYPES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
     "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm",
+)
+# transformers' SchedulerType values (tests/test_config.py keeps the two in step).
+LR_SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
 )
 
 
@@ -66,7 +73,7 @@ class ModelSettings(StrictModel):
                             "float32 on an older CPU (where emulated bf16 is several times slower; see README)."
     )
     double_quant: bool = Field(True, description="Quantize the 4-bit quantization constants too (saves ~0.4 bit/param).")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="Run the model repo's own Python code (hub models that need it).")
 
 
 class LoraSettings(StrictModel):
@@ -83,7 +90,7 @@ class SyntheticSettings(StrictModel):
     num_eval: int = Field(200, ge=8, description="Held-out pairs; always clean (no label noise).")
     num_probe: int = Field(64, ge=0, description="Clean prompts whose greedy answers are scored (0 disables).")
     label_noise: float = Field(0.0, ge=0, le=0.5, description="Fraction of training pairs with chosen/rejected swapped.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the generated task (pairs, noise, probes).")
 
 
 class ArithmeticSettings(StrictModel):
@@ -99,7 +106,7 @@ class ArithmeticSettings(StrictModel):
     min_operand: int = Field(2, ge=0, description="Smallest operand.")
     max_operand: int = Field(49, ge=1, description="Largest operand (2..49: untuned SmolLM2-135M gets 15/64 right in "
                              "fp32, 4/64 in NF4).")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the generated questions, mistakes and noise.")
 
     @model_validator(mode="after")
     def _enough_questions(self) -> ArithmeticSettings:
@@ -123,10 +130,11 @@ class DataSettings(StrictModel):
     eval_source: str | None = Field(None, description="Explicit held-out file/dir/id; else a seeded split of source.")
     split: str = Field("train", description="Split to read from a hub id or a DatasetDict directory.")
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Held-out fraction when eval_source is not given.")
-    split_seed: int = 0
+    split_seed: int = Field(0, description="Seed of the train/eval split when eval_source is not given.")
     drop_invalid: bool = Field(False, description="Drop invalid rows (and report them) instead of refusing the data.")
-    synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
-    arithmetic: ArithmeticSettings = Field(default_factory=ArithmeticSettings)
+    synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings, description="The synthetic task's size.")
+    arithmetic: ArithmeticSettings = Field(default_factory=ArithmeticSettings,
+                                           description="The arithmetic chat task's size and answer form.")
 
     @property
     def builtin_task(self) -> str | None:
@@ -143,51 +151,57 @@ class DataSettings(StrictModel):
 class DPOSettings(StrictModel):
     beta: float = Field(0.1, gt=0, description="KL strength: >0.3 barely moves the policy, <0.05 risks reward hacking.")
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of the LoRA weights.")
-    num_train_epochs: int = Field(1, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    num_train_epochs: int = Field(1, ge=1, description="Passes over the training pairs.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Batches per optimizer step.")
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="Assumed label-flip rate: cDPO for 'sigmoid', TRL's own for 'robust'."
     )
-    loss_type: str = Field("sigmoid", description=f"One of {', '.join(LOSS_TYPES)}.")
-    per_device_train_batch_size: int = Field(16, ge=1)
-    per_device_eval_batch_size: int = Field(64, ge=1)
+    loss_type: Literal[LOSS_TYPES] = Field("sigmoid", description="TRL's DPO loss; 'sigmoid' is DPO.")  # type: ignore[valid-type]
+    per_device_train_batch_size: int = Field(16, ge=1, description="Preference pairs per forward pass in training.")
+    per_device_eval_batch_size: int = Field(64, ge=1, description="Pairs per forward pass in evaluation and probes.")
     max_length: int = Field(64, ge=2, description="Tokens of prompt + completion; longer pairs are truncated.")
-    truncation_mode: Literal["keep_start", "keep_end"] = "keep_start"
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    lr_scheduler_type: str = "linear"
-    weight_decay: float = Field(0.0, ge=0)
-    seed: int = 0
+    truncation_mode: Literal["keep_start", "keep_end"] = Field(
+        "keep_start", description="Which end of an over-long prompt + completion is kept.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of the optimizer steps spent warming up.")
+    lr_scheduler_type: Literal[LR_SCHEDULERS] = Field(  # type: ignore[valid-type]
+        "linear", description="transformers' learning-rate schedule; preflight builds it, so one needing settings "
+                              "dpo-sweep does not pass is refused before training.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the LoRA weights.")
+    seed: int = Field(0, description="Seed of the LoRA init, the data order and dropout.")
     reports_per_epoch: int = Field(4, ge=1, description="Evaluations (and reports, and checkpoints) per epoch.")
     precompute_ref_log_probs: bool = Field(False, description="Compute reference log-probs once before training.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory; slower on small models.")
 
-    @field_validator("loss_type")
+    @model_validator(mode="wrap")
     @classmethod
-    def _known_loss(cls, v: str) -> str:
-        if v not in LOSS_TYPES:
-            raise ValueError(f"unknown loss type {v!r}; choose one of {', '.join(LOSS_TYPES)}")
-        return v
+    def _smoothing_is_used(cls, data: Any, handler) -> DPOSettings:
+        """The loss and its label smoothing checked together; also when other fields are wrong, so that every
+        problem is reported at once."""
+        try:
+            settings = handler(data)
+        except ValidationError as e:
+            raw = data if isinstance(data, dict) else {}
+            loss, smoothing = raw.get("loss_type", "sigmoid"), raw.get("label_smoothing", 0.0)
+            usable = isinstance(loss, str) and isinstance(smoothing, (int, float)) and not isinstance(smoothing, bool)
+            problem = _loss_problem(loss, smoothing) if usable else None
+            if problem is None:
+                raise
+            errors = [*e.errors(), {"type": PydanticCustomError("loss_smoothing", problem), "loc": (), "input": data}]
+            raise ValidationError.from_exception_data(e.title, errors) from None
+        problem = _loss_problem(settings.loss_type, settings.label_smoothing)
+        if problem:
+            raise ValueError(problem)
+        return settings
 
-    @model_validator(mode="after")
-    def _smoothing_is_used(self) -> DPOSettings:
-        problems = loss_problems(self.loss_type, self.label_smoothing)
-        if problems:
-            raise ValueError(problems[0])
-        return self
 
-
-def loss_problems(loss_type: Any, label_smoothing: Any) -> list[str]:
-    """Cross-field checks of loss type and label smoothing; also run on raw input so they are
-    reported together with field errors, not after the user fixed those."""
-    if not isinstance(loss_type, str) or not isinstance(label_smoothing, (int, float)):
-        return []
+def _loss_problem(loss_type: str, label_smoothing: float) -> str | None:
     # TRL 1.16 ignores label_smoothing in most losses; a sweep over it would then be identical runs.
     if label_smoothing > 0 and loss_type in LOSS_TYPES and loss_type not in LABEL_SMOOTHING_LOSSES:
-        return [(f"label_smoothing={label_smoothing} has no effect with loss_type={loss_type!r}; "
-                 f"use one of {', '.join(LABEL_SMOOTHING_LOSSES)} or set label_smoothing to 0")]
+        return (f"label_smoothing={label_smoothing} has no effect with loss_type={loss_type!r}; "
+                f"use one of {', '.join(LABEL_SMOOTHING_LOSSES)} or set label_smoothing to 0")
     if loss_type == "exo_pair" and label_smoothing == 0:
-        return ["loss_type 'exo_pair' needs label_smoothing > 0 (the EXO paper suggests 1e-3)"]
-    return []
+        return "loss_type 'exo_pair' needs label_smoothing > 0 (the EXO paper suggests 1e-3)"
+    return None
 
 
 HACKING_SIGNALS = (*SIGNALS, "reward_rise")  # reward_rise also reads the epoch length: trainables.reward_hacking
@@ -202,7 +216,7 @@ class RewardHackingSettings(StrictModel):
     precision-first choice there, which catches gross collapse only.
     """
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Watch trials for reward hacking at every report.")
     signals: list[Literal[HACKING_SIGNALS]] = Field(  # type: ignore[valid-type]
         ["drift_per_token"], min_length=1, description=f"Any of {', '.join(HACKING_SIGNALS)}.")
     chosen_displacement: float = Field(0.5, gt=0, description="Nats per token the held-out chosen completions may "
@@ -227,11 +241,12 @@ class RewardHackingSettings(StrictModel):
 class TrialSpec(StrictModel):
     """Everything one trial needs; saved beside its results so it can be re-run alone."""
 
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    data: DataSettings = Field(default_factory=DataSettings)
-    dpo: DPOSettings = Field(default_factory=DPOSettings)
-    reward_hacking: RewardHackingSettings = Field(default_factory=RewardHackingSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings, description="The base model and its quantization.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="The LoRA adapter trained on it.")
+    data: DataSettings = Field(default_factory=DataSettings, description="Preference pairs, held-out pairs, probes.")
+    dpo: DPOSettings = Field(default_factory=DPOSettings, description="The DPO knobs a sweep searches, and the rest.")
+    reward_hacking: RewardHackingSettings = Field(default_factory=RewardHackingSettings,
+                                                  description="When a trial is flagged (or stopped).")
     output_dir: str = Field("dpo-sweep-output/trial", description="Where checkpoints go (made absolute).")
     cache_dir: str | None = Field(None, description="Built-in model cache; default ~/.cache/dpo-sweep.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk by the trial.")
@@ -262,7 +277,8 @@ ALIASES = {"lr": "learning_rate", "epochs": "num_train_epochs", "grad_accum": "g
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith("function-")) or "(top level)"
+    """A location as the user writes it in YAML: validator functions and union tags ('~grid') left out."""
+    return ".".join(str(p) for p in loc if not str(p).startswith(("function-", "~"))) or "(top level)"
 
 
 def _model_at(root: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -310,6 +326,10 @@ def format_validation_error(err: ValidationError, root: type[BaseModel] | None =
             problems.append(f"{name}: required")
         elif isinstance(e.get("input"), dict):  # a model's own check: its message names the fields
             problems.append(msg if name == "(top level)" else f"{name}: {msg}")
+        elif e["type"] == "literal_error" and isinstance(e.get("input"), str):
+            guess = _closest(e["input"], re.findall(r"'([^']*)'", e["ctx"]["expected"]), cutoff=0.6)
+            hint = f"; did you mean '{guess}'?" if guess else ""
+            problems.append(f"{name}: {msg}, got {e['input']!r}{hint}")
         else:
             problems.append(f"{name}: {msg}, got {e.get('input')!r}")
     return problems
@@ -380,14 +400,7 @@ def validate_trial_spec(raw: dict[str, Any], source: str | None = None) -> Trial
     try:
         return TrialSpec.model_validate(raw)
     except ValidationError as e:
-        problems = format_validation_error(e, TrialSpec)
-        dpo = raw.get("dpo") if isinstance(raw.get("dpo"), dict) else {}
-        defaults = DPOSettings.model_fields
-        for p in loss_problems(dpo.get("loss_type", defaults["loss_type"].default),
-                               dpo.get("label_smoothing", defaults["label_smoothing"].default)):
-            if not any(p in q for q in problems):
-                problems.append(f"dpo: {p}")
-        raise ConfigError(problems, source=source) from None
+        raise ConfigError(format_validation_error(e, TrialSpec), source=source) from None
 
 
 # ---------------------------------------------------------------- swept parameters

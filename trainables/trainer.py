@@ -131,6 +131,23 @@ def build_dpo_config(spec: TrialSpec, device):
     )
 
 
+def check_trainer_config(spec: TrialSpec) -> None:
+    """Build what TRL and transformers build from `spec` before any model is loaded - the DPOConfig and the
+    learning-rate schedule - and turn their own refusals into a ConfigError. Preflight runs it for every
+    candidate trial of a sweep, `run_trial` before loading anything. Built for a CPU: what depends on the
+    trial's device (a GPU's bf16 support) is checked where the trial runs."""
+    import torch
+    from transformers import get_scheduler
+
+    try:
+        args = build_dpo_config(spec, torch.device("cpu"))
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+        get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(100),
+                      num_training_steps=100, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError([f"dpo: TRL / transformers refuse this trial: {e}"]) from None
+
+
 def report_steps(max_steps: int, num_epochs: int, reports_per_epoch: int) -> list[int]:
     """Evenly spaced optimizer steps, the last one the final step: every trial reports the same number of
     times whatever its size, epochs or accumulation - what ASHA's time axis needs."""
