@@ -6,7 +6,7 @@ view (the interaction plot rendered as an image). Screenshots of both are kept f
     .venv/bin/pytest tests/test_mlflow_ui.py -m slow -q -s
     DPO_SWEEP_SCREENSHOTS=/tmp/shots .venv/bin/pytest tests/test_mlflow_ui.py -m slow -q -s
 
-Chromium comes from apt (`apt-get install -y chromium`, done by the `chromium` fixture when missing);
+Chromium comes from apt, installed by scripts/setup-test-host.sh (scripts/test runs it first);
 Playwright drives it through `executable_path`, so `playwright install` (a CDN download) is never needed.
 """
 
@@ -35,31 +35,13 @@ SWEEP_NAME = "ui-check"
 ML_WORKFLOW = "workflowType=machine_learning"
 
 
-def _apt_get(*args: str) -> subprocess.CompletedProcess:
-    print(f"[chromium] apt-get {' '.join(args)}", flush=True)
-    return subprocess.run(["apt-get", *args], capture_output=True, text=True, timeout=600, check=False,
-                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-
-
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Path of Debian's Chromium, installed with apt when it is not on PATH (about 20 s with warm lists)."""
+    """Debian's Chromium, installed by scripts/setup-test-host.sh (never by a test)."""
     found = shutil.which("chromium")
-    if found:
-        print(f"[chromium] using {found}", flush=True)
-        return found
-    if shutil.which("apt-get") is None:
-        pytest.skip("no `chromium` on PATH and no apt-get to install it: install Chromium, then rerun")
-    if os.geteuid() != 0:
-        pytest.skip("no `chromium` on PATH and not root: run `sudo apt-get install -y chromium`, then rerun")
-    out = _apt_get("install", "-y", "chromium")
-    if out.returncode != 0:  # e.g. "Unable to locate package chromium": package lists never fetched
-        update = _apt_get("update")
-        assert update.returncode == 0, f"apt-get update failed:\n{update.stdout[-2000:]}{update.stderr[-2000:]}"
-        out = _apt_get("install", "-y", "chromium")
-    found = shutil.which("chromium")
-    assert out.returncode == 0 and found, f"apt-get install chromium failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
-    print(f"[chromium] installed {found}", flush=True)
+    if not found:
+        pytest.skip("no `chromium` on PATH: run scripts/setup-test-host.sh as root (or install Chromium)")
+    print(f"[chromium] using {found}", flush=True)
     return found
 
 

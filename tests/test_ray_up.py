@@ -1,11 +1,11 @@
 """The `ray submit` path for real: `ray up` with Ray's local provider over SSH to 127.0.0.1, `ray submit`
 of the shipped deploy/submit_sweep.py with a small sweep, the results checked, `ray down`.
 
-The set-up installs openssh-server, rsync and netcat (Debian packages) when missing and starts its own
-sshd on a free port of 127.0.0.1 (Ray has no SSH-port setting: `ssh_proxy_command: nc %h PORT`). It logs
-in as a throw-away account with uid 0 and a home of its own, so the login PATH that `ray submit`'s bare
-`python` needs reaches this venv without touching root's dotfiles. Everything is undone afterwards; sshd
-is stopped by its pid.
+scripts/setup-test-host.sh (run by scripts/test) installs openssh-server, rsync and netcat and adds the
+account the test logs in as: uid 0 with a home of its own, so the login PATH that `ray submit`'s bare
+`python` needs reaches this venv without touching root's dotfiles. The test starts its own sshd on a free
+port of 127.0.0.1 (Ray has no SSH-port setting: `ssh_proxy_command: nc %h PORT`), writes its key and
+~/.bashrc into that home and removes them afterwards; sshd is stopped by its pid.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import small_sweep
 from procs import free_port, kill_tree
 
 from trainables.tracking import PARENT_TAG, STATUS_TAG, make_client
@@ -34,35 +35,29 @@ def run(*cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
-def ensure_ssh_tools() -> None:
-    if all(shutil.which(t) or Path(f"/usr/sbin/{t}").exists() for t in ("sshd", "rsync", "nc")):
-        return
-    if os.geteuid() != 0:
-        pytest.skip("needs root to install openssh-server, rsync and netcat-openbsd")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run("apt-get", "update", "-qq", env=env, timeout=600)
-    run("apt-get", "install", "-y", "-qq", "openssh-server", "rsync", "netcat-openbsd", env=env, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def ssh_head():
-    """(user, key, port, home) of an sshd on 127.0.0.1 that logs USER in with the venv on its PATH."""
-    if os.geteuid() != 0:
-        pytest.skip("the SSH set-up needs root (CI and the dev machine run as root)")
-    ensure_ssh_tools()
+    """(user, key, port, base) of an sshd on 127.0.0.1 that logs USER in with the venv on its PATH."""
+    import pwd
+
+    tools = [t for t in ("sshd", "rsync", "nc") if not (shutil.which(t) or Path(f"/usr/sbin/{t}").exists())]
+    try:
+        home = Path(pwd.getpwnam(USER).pw_dir)
+    except KeyError:
+        home = None
+    if tools or home is None or os.geteuid() != 0:
+        pytest.skip(f"needs root, {', '.join(tools) or 'the SSH tools'} and the {USER} account: run "
+                    "scripts/setup-test-host.sh as root")
     base = Path(tempfile.mkdtemp(prefix="dpo-sshtest-"))
-    home = base / "home"
-    home.mkdir()
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "hostkey"))
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "id"))
-    (home / ".ssh").mkdir(mode=0o700)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
     shutil.copy(base / "id.pub", home / ".ssh" / "authorized_keys")
     # `ray submit` runs a bare `python`, `ray down` a bare `ray stop`, in a login shell that sources ~/.bashrc.
     (home / ".bashrc").write_text(f"export PATH={BIN}:$PATH RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0\n")
-    run("useradd", "-o", "-u", "0", "-g", "0", "-M", "-d", str(home), "-s", "/bin/bash", USER)
     sshd = None
     try:
-        run("usermod", "-p", "*", USER)  # no password, not locked: key login only
         port = free_port()
         (base / "sshd_config").write_text(
             f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base}/hostkey\nPidFile {base}/sshd.pid\n"
@@ -76,7 +71,8 @@ def ssh_head():
     finally:
         if sshd is not None:
             kill_tree(sshd.pid)  # the listener and its session processes
-        subprocess.run(["userdel", "-f", USER], capture_output=True, check=False)
+        (home / ".ssh" / "authorized_keys").unlink(missing_ok=True)
+        (home / ".bashrc").unlink(missing_ok=True)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -99,15 +95,9 @@ def test_ray_up_submit_down_over_ssh(ssh_head, model_cache, tmp_path):
     work = tmp_path / "work"
     sweeps = tmp_path / "sweeps"
     sweeps.mkdir()
-    (sweeps / "sweep.yaml").write_text(yaml.safe_dump({
-        "name": "sshsweep",
-        "trial": {"cache_dir": model_cache,
-                  "data": {"source": "synthetic", "synthetic": {"num_train": 256, "num_eval": 64, "num_probe": 16}},
-                  "dpo": {"reports_per_epoch": 2, "learning_rate": 5e-4}},
-        "search": {"space": {"beta": {"grid": [0.1, 0.3]}}},
-        "scheduler": {"kind": "fifo"},
-        "storage": {"path": str(work / "out")},
-    }))
+    (sweeps / "sweep.yaml").write_text(yaml.safe_dump(small_sweep(
+        model_cache, work / "out", name="sshsweep", trial={"dpo": {"reports_per_epoch": 2, "learning_rate": 5e-4}},
+        search={"space": {"beta": {"grid": [0.1, 0.3]}}}, scheduler={"kind": "fifo"})))
     # The shipped on-prem YAML, pointed at this machine.
     cluster = yaml.safe_load((ROOT / "deploy" / "onprem.yaml").read_text())
     cluster["cluster_name"] = "dpo-sweep-sshtest"
