@@ -47,11 +47,17 @@ from trainables.detectors import (
     chosen_logp_drop,
     drift,
     drift_per_token,
-    earliest,
     length_drift,
     reward_rise,
     train_up_eval_down,
 )
+
+
+def earliest(*indices: int | None) -> int | None:
+    """Detectors combined with OR: the first report at which any of them fired."""
+    fired = [i for i in indices if i is not None]
+    return min(fired) if fired else None
+
 
 LEARNING_RATES = (5e-5, 5e-4, 1.5e-3, 5e-3)
 BETAS = (0.01, 0.1, 0.5)

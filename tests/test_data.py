@@ -155,3 +155,26 @@ def test_a_json_file_of_the_wrong_shape_is_a_data_error_naming_the_file(tmp_path
     with pytest.raises(DataError) as err:
         load_preference_data(DataSettings(source=str(path)))
     assert needle in str(err.value) and str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(("name", "content", "needle"), [
+    ("latin1.jsonl", '{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n'.encode("latin-1"), "not UTF-8 text"),
+    ("cut.parquet", b"PAR1 the rest never arrived", "cannot be read as preference data"),
+    ("numbers.json", b"[1, 2, 3]", "row 1: expected a JSON object"),
+    ("scalar.json", b"42", "got int at the top level"),
+    ("list-lines.jsonl", b'["a", "b"]\n', "row 1: expected a JSON object"),
+])
+def test_every_malformed_file_shape_is_a_data_error_naming_the_file(tmp_path, tokenizer, name, content, needle):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        load_preference_data(DataSettings(source=str(path)), tokenizer, max_length=64)
+    assert str(path) in str(err.value) and needle in str(err.value)
+
+
+def test_a_damaged_saved_dataset_is_a_data_error(tmp_path, tokenizer):
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "dataset_info.json").write_text("{")
+    with pytest.raises(DataError, match="cannot be read as preference data"):
+        load_preference_data(DataSettings(source=str(saved)), tokenizer, max_length=64)

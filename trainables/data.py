@@ -90,7 +90,23 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[int], list[RowProblem]]:
 
 
 def read_rows(source: str, split: str = "train") -> tuple[list[dict], list[int], list[RowProblem]]:
-    """(rows, row numbers, read problems) of a file, a saved dataset dir, or a `load_dataset` id/dir."""
+    """(rows, row numbers, read problems) of a file, a saved dataset dir, or a `load_dataset` id/dir. A file
+    that cannot be read at all (not UTF-8, a damaged parquet or saved dataset) is a DataError naming it."""
+    try:
+        return _read_rows(source, split)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{source}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 JSON Lines") from None
+    except DataError:
+        raise
+    except Exception as e:
+        if not Path(source).expanduser().exists():
+            raise
+        raise DataError(f"{source}: cannot be read as preference data ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else ''}); it may be damaged or not the format its "
+                        "name says: write it again") from None
+
+
+def _read_rows(source: str, split: str) -> tuple[list[dict], list[int], list[RowProblem]]:
     path = Path(source).expanduser()
     if path.is_file():
         suffix = path.suffix.lower()

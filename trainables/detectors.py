@@ -173,12 +173,6 @@ def train_up_eval_down(history: History, threshold: float = 0.03, window: int = 
     return None
 
 
-def earliest(*indices: int | None) -> int | None:
-    """Combine detectors with OR: the first report at which any of them fired."""
-    fired = [i for i in indices if i is not None]
-    return min(fired) if fired else None
-
-
 # ------------------------------------------------------------------------------------------- registry
 
 

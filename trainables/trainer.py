@@ -31,7 +31,7 @@ from typing import Any
 
 import trl.trainer.utils as trl_utils
 from transformers import TrainerCallback
-from trl import DPOTrainer
+from trl import DPOConfig, DPOTrainer
 
 from trainables.config import ConfigError, TrialSpec
 from trainables.detectors import REFERENCE_PREFIX
@@ -89,34 +89,28 @@ def loss_settings(loss_type: str, label_smoothing: float) -> dict[str, Any]:
     return {"loss_type": [loss_type], "loss_weights": None, "label_smoothing": label_smoothing}
 
 
+# DPOSettings fields that DPOConfig takes as they are, under the same name.
+SAME_NAME_IN_DPOCONFIG = (
+    "beta", "learning_rate", "num_train_epochs", "gradient_accumulation_steps", "per_device_train_batch_size",
+    "per_device_eval_batch_size", "max_length", "truncation_mode", "lr_scheduler_type", "weight_decay", "seed",
+    "precompute_ref_log_probs", "gradient_checkpointing",
+)
+
+
 def build_dpo_config(spec: TrialSpec, device):
     """The one place a TrialSpec becomes a TRL DPOConfig (`device`: where the trial trains)."""
-    from trl import DPOConfig
-
     from trainables.model import resolve_compute_dtype
 
     d = spec.dpo
     dtype = resolve_compute_dtype(spec.model.compute_dtype, device)
     return DPOConfig(
         output_dir=spec.output_dir,
-        beta=d.beta,
-        learning_rate=d.learning_rate,
-        num_train_epochs=d.num_train_epochs,
-        gradient_accumulation_steps=d.gradient_accumulation_steps,
+        **{name: getattr(d, name) for name in SAME_NAME_IN_DPOCONFIG},
         **loss_settings(d.loss_type, d.label_smoothing),
-        per_device_train_batch_size=d.per_device_train_batch_size,
-        per_device_eval_batch_size=d.per_device_eval_batch_size,
-        max_length=d.max_length,
-        truncation_mode=d.truncation_mode,
         warmup_steps=d.warmup_ratio,  # transformers 5: a value below 1 is a fraction of the total steps
-        lr_scheduler_type=d.lr_scheduler_type,
-        weight_decay=d.weight_decay,
-        seed=d.seed,
         data_seed=d.seed,
-        precompute_ref_log_probs=d.precompute_ref_log_probs,
         # Forward only, no gradients: the eval batch size fits, and fewer, larger batches are faster.
         precompute_ref_batch_size=d.per_device_eval_batch_size,
-        gradient_checkpointing=d.gradient_checkpointing,
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
         use_cpu=device.type == "cpu",
