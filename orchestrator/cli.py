@@ -238,10 +238,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     html_path, md_path = analysis.reports
     print(f"{analysis.summary}\n\nReport: {html_path}\n        {md_path}")
     client = make_client(cfg.tracking_uri)
-    if close_tracking(lambda: log_analysis(client, state.parent_run_id, analysis) or True, "logging the report",
-                      state, args.patience, log=_log) is None:
+    logged = close_tracking(lambda: log_analysis(client, state.parent_run_id, analysis), "logging the report", state,
+                            args.patience, log=_log)
+    if logged is None:
         return 3
-    print(f"Logged to MLflow run {state.parent_run_id} (artifacts: analysis/)")
+    print(f"Logged {logged} file(s) to MLflow run {state.parent_run_id} (artifacts: analysis/)")
     return 0
 
 

@@ -127,13 +127,14 @@ def sync_trial_runs(client, experiment_id: str, parent_run_id: str, records: lis
     return counts
 
 
-def log_analysis(client, run_id: str, analysis: SweepAnalysis) -> None:
-    """The analysis files on the parent run (re-logging replaces them: artifacts are keyed by path)."""
-    for path in [analysis.table_path, *analysis.plots.values(), *analysis.reports]:
-        if path:
-            client.log_artifact(run_id, str(path), "analysis")
+def log_analysis(client, run_id: str, analysis: SweepAnalysis) -> int:
+    """The analysis files on the parent run (re-logging replaces them: artifacts are keyed by path); how many."""
+    files = [p for p in [analysis.table_path, *analysis.plots.values(), *analysis.reports] if p]
+    for path in files:
+        client.log_artifact(run_id, str(path), "analysis")
     client.log_text(run_id, analysis.summary + "\n", "analysis/summary.txt")
     if analysis.best:
         client.log_dict(run_id, {k: (v if isinstance(v, (int, float, str)) else str(v))
                                  for k, v in analysis.best.items()}, "analysis/sweet_spot.json")
         client.set_tag(run_id, "dpo_sweep.sweet_spot", analysis.sweet_spot_line[:5000])
+    return len(files)
