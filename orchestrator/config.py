@@ -55,8 +55,11 @@ class SearchSettings(StrictModel):
 
 
 class SchedulerSettings(StrictModel):
-    kind: Literal["asha", "fifo"] = Field("asha", description="asha stops weak trials early; fifo runs all.")
-    grace_period: int = Field(1, ge=1, description="Reports every trial gets before ASHA may stop it.")
+    kind: Literal["asha", "halving", "fifo"] = Field(
+        "asha", description="asha stops weak trials early as they arrive at each rung; halving (synchronous successive "
+                            "halving) pauses every trial at a rung and keeps the best, the same ones in every run; "
+                            "fifo runs all (orchestrator/schedulers.py).")
+    grace_period: int = Field(1, ge=1, description="Reports every trial gets before it may be stopped.")
     reduction_factor: float = Field(3, gt=1, description="Keep the top 1/reduction_factor at each rung.")
 
 

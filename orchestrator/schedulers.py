@@ -1,24 +1,87 @@
-"""How trials are stopped early: ASHA on a held-out metric, with time measured in reports.
+"""How trials are stopped early, with time measured in reports.
 
 Every trial reports `reports_per_epoch` times per epoch whatever its data size, batch or
 accumulation, so `training_iteration` (one per report) is a fair clock across trials.
-With 9 trials, grace_period 1 and reduction_factor 3, the rungs sit at 1, 3 and 9 reports:
-after its first report a trial continues only if it is in the top third of those that reached it.
+
+- `asha` (Ray's ASHAScheduler): with 9 trials, grace_period 1 and reduction_factor 3, the rungs sit at
+  1, 3 and 9 reports; a trial arriving at a rung continues if it is in the top third of those already
+  there. Which trials those are depends on arrival order: two identical sweeps can stop different trials.
+- `halving` (synchronous successive halving, `SyncHalving`): every trial runs to the first rung and
+  pauses there; once all have arrived, the top 1/reduction_factor continue (resumed from their
+  checkpoints) and the rest stop; and so on up the rungs. The decisions depend only on the results,
+  never on timing: the same sweep stops the same trials.
+- `fifo`: every trial runs to the end.
 """
 
 from __future__ import annotations
 
+import math
+
 from orchestrator.config import SchedulerSettings
 
 
-def build_scheduler(settings: SchedulerSettings, max_reports: int):
+def halving_rungs(num_trials: int, grace_period: int, max_t: int, eta: float) -> list[tuple[int, int]]:
+    """(reports, trials still running) at each rung of synchronous successive halving: the first rung at
+    `grace_period` with every trial, then ceil(n / eta) trials at eta times the reports, capped at max_t."""
+    rungs, n, r = [], num_trials, grace_period
+    while n > 1 and r < max_t:
+        rungs.append((r, n))
+        n, r = math.ceil(n / eta), min(int(r * eta), max_t)
+    rungs.append((r, n))
+    return rungs
+
+
+def sync_halving(num_trials: int, grace_period: int, max_t: int, eta: float, max_running: int | None = None):
+    """Ray's HyperBand machinery with one bracket holding every trial of the sweep: synchronous successive
+    halving (`halving_rungs`). Trials pause at each rung until all have reported there; at most `max_running`
+    run at once (resources.max_concurrent_trials)."""
+    from ray.tune.schedulers import HyperBandScheduler
+    from ray.tune.schedulers.hyperband import _Bracket
+
+    halvings = len(halving_rungs(num_trials, grace_period, max_t, eta)) - 1
+
+    class WholeSweepBracket(_Bracket):
+        # Tune adds trials as slots free up: a rung is decided only once every trial of the sweep has joined
+        # and reported there, never on the few that arrived first.
+        def cur_iter_done(self) -> bool:
+            return len(self._all_trials) >= num_trials and super().cur_iter_done()
+
+    class SyncHalving(HyperBandScheduler):
+        def on_trial_add(self, tune_controller, trial):
+            if not self._metric or not self._metric_op:
+                raise ValueError("SyncHalving needs the sweep's metric and mode (tune.TuneConfig)")
+            if self._state["bracket"] is None:
+                self._state["bracket"] = WholeSweepBracket(time_attr=self._time_attr, max_trials=num_trials,
+                                                           init_t_attr=grace_period, max_t_attr=max_t, eta=eta,
+                                                           s=halvings)
+                self._hyperbands = [[self._state["bracket"]]]
+            self._state["bracket"].add_trial(trial)
+            self._trial_info[trial] = self._state["bracket"], 0
+
+        def choose_trial_to_run(self, tune_controller):
+            running = sum(t.status == "RUNNING" for t in tune_controller.get_trials())
+            if max_running and running >= max_running:
+                return None
+            return super().choose_trial_to_run(tune_controller)
+
+        def debug_string(self) -> str:
+            return f"Synchronous successive halving: {self._state['bracket']}"
+
+    return SyncHalving(time_attr="training_iteration", max_t=max_t, reduction_factor=eta)
+
+
+def build_scheduler(settings: SchedulerSettings, max_reports: int, num_trials: int | None = None,
+                    max_running: int | None = None):
+    """`num_trials`: how many trials the sweep has (synchronous halving puts them all in one bracket);
+    `max_running`: resources.max_concurrent_trials, which halving enforces itself."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    max_t = max(max_reports, settings.grace_period)
     if settings.kind == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=max(max_reports, settings.grace_period),
-        grace_period=settings.grace_period,
-        reduction_factor=settings.reduction_factor,
-    )
+    if settings.kind == "halving":
+        if not num_trials:
+            raise ValueError("scheduler.kind 'halving' needs the number of trials (a grid, or search.num_samples)")
+        return sync_halving(num_trials, settings.grace_period, max_t, settings.reduction_factor, max_running)
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=settings.grace_period,
+                         reduction_factor=settings.reduction_factor)

@@ -21,13 +21,22 @@ def build_search_alg(cfg: SweepConfig, space: dict[str, Any]):
     space = {k: tune.choice(d["grid_search"]) if isinstance(d, dict) and "grid_search" in d else d
              for k, d in space.items()}
     searcher = OptunaSearch(seed=cfg.search.seed)
-    return ConcurrencyLimiter(searcher, max_concurrent=cfg.resources.max_concurrent_trials or 4), space
+    # Synchronous halving decides a rung once every trial has reported there: all must exist by then.
+    live = cfg.search.num_samples if cfg.scheduler.kind == "halving" else cfg.resources.max_concurrent_trials or 4
+    return ConcurrencyLimiter(searcher, max_concurrent=live), space
 
 
 def trial_name(trial) -> str:
     """'beta=0.1,learning_rate=0.0005' style names: what the table and MLflow show."""
     parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(trial.config.items())]
     return f"{trial.trial_id}[{','.join(parts)}]" if parts else trial.trial_id
+
+
+def _count_trials(space: dict[str, Any], num_samples: int) -> int:
+    """How many trials Tune will make of `space`: its grid's size times num_samples."""
+    from search_spaces import grid_size
+
+    return grid_size(space) * num_samples
 
 
 def build_trainable(cfg: SweepConfig, context: SweepContext, gpu_per_trial: float = 0.0):
@@ -46,6 +55,7 @@ def build_tuner(cfg: SweepConfig, space: dict[str, Any], context: SweepContext, 
     from ray import tune
 
     search_alg, space = build_search_alg(cfg, space)
+    num_trials = _count_trials(space, num_samples or cfg.search.num_samples)
     return tune.Tuner(
         build_trainable(cfg, context, gpu_per_trial),
         param_space=space,
@@ -53,9 +63,11 @@ def build_tuner(cfg: SweepConfig, space: dict[str, Any], context: SweepContext, 
             metric=cfg.search.metric,
             mode=cfg.search.mode,
             search_alg=search_alg,
-            scheduler=build_scheduler(cfg.scheduler, max_reports),
+            scheduler=build_scheduler(cfg.scheduler, max_reports, num_trials, cfg.resources.max_concurrent_trials),
             num_samples=num_samples or cfg.search.num_samples,
-            max_concurrent_trials=cfg.resources.max_concurrent_trials,
+            # Tune's cap counts paused trials as live; synchronous halving pauses every trial at a rung, so it
+            # caps the running ones itself (else no trial past the cap would ever be created).
+            max_concurrent_trials=None if cfg.scheduler.kind == "halving" else cfg.resources.max_concurrent_trials,
             # A fresh actor per trial re-imports torch, transformers and TRL (seconds each time); every
             # trial loads its own model and seeds itself, so nothing carries over between trials.
             reuse_actors=True,
