@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator import plots, stats
+from orchestrator.costs import SweepCost
 from orchestrator.records import COMPLETED, DIVERGED, OUT_OF_MEMORY, TrialRecord, results_table
 from orchestrator.stats import value_text
 
@@ -34,6 +35,7 @@ class SweepAnalysis:
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     recommendation: str = ""
     findings: list[str] = field(default_factory=list)  # diverged, out of memory, drifted, flagged trials
+    cost: SweepCost | None = None  # what the sweep cost and what stopping saved
     plots: dict[str, Path] = field(default_factory=dict)
     table_path: Path | None = None
     reports: list[Path] = field(default_factory=list)  # report.html, report.md once written
@@ -80,7 +82,8 @@ class SweepAnalysis:
     def summary(self) -> str:
         lines = [self.trials_line, self.sweet_spot_line, self.best_line,
                  f"Recommendation: {self.recommendation}" if self.recommendation else "",
-                 self.anova.describe() if self.anova is not None else "", self.sensitivity_line, *self.findings]
+                 self.anova.describe() if self.anova is not None else "", self.sensitivity_line, *self.findings,
+                 self.cost.describe() if self.cost else ""]
         return "\n".join(line for line in lines if line)
 
 def drifted(table: pd.DataFrame, max_abs_logratio: float | None) -> pd.Series:
@@ -135,7 +138,7 @@ def findings(table: pd.DataFrame, params: list[str], max_abs_logratio: float | N
 
 
 def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
-            max_abs_logratio: float | None = None) -> SweepAnalysis:
+            max_abs_logratio: float | None = None, cost: SweepCost | None = None) -> SweepAnalysis:
     out_dir.mkdir(parents=True, exist_ok=True)
     table = results_table(records, metric, mode)
     best = pick_best(table, metric, mode, max_abs_logratio) if len(table) else None
@@ -153,5 +156,5 @@ def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
     return SweepAnalysis(
         table=table, metric=metric, mode=mode, best=best, knobs=knobs, sweet_spot=spot, anova=anova,
         sensitivity=stats.sensitivity(table, metric, knobs) if knobs else [], recommendation=advice,
-        findings=findings(table, sorted({k for r in records for k in r.params}), max_abs_logratio),
+        findings=findings(table, sorted({k for r in records for k in r.params}), max_abs_logratio), cost=cost,
         plots=plots.draw_all(records, table, knobs, metric, marked, anova, out_dir), table_path=table_path)

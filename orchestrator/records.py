@@ -26,7 +26,7 @@ OOM_MARKERS = ("TrialOutOfMemory", "OutOfMemoryError", "CUDA out of memory")
 EXTRA_RESULT_METRICS = ("eval_rewards_accuracies", "answer_exact_rate", "answer_length_tokens", "eval_logps_chosen",
                         "eval_abs_logratio", "eval_loss")
 # Bookkeeping columns of the results table: with the metrics, what is not a knob.
-BOOKKEEPING = frozenset({"trial", "status", "reports", "reward_hacking"})
+BOOKKEEPING = frozenset({"trial", "status", "reports", "steps", "seconds", "reward_hacking"})
 
 
 @dataclass
@@ -88,6 +88,7 @@ def results_table(records: list[TrialRecord], metric: str, mode: str = "max") ->
     rows = []
     for r in records:
         row = {"trial": r.trial_id, **r.params, "status": r.status, "reports": r.reports,
+               "steps": r.last("step"), "seconds": r.last("time_total_s"),  # what it ran, in Ray's training time
                metric: r.last(metric), f"best_{metric}": r.best(metric, mode)}
         for extra in EXTRA_RESULT_METRICS:
             if extra in r.history and extra != metric:

@@ -69,6 +69,8 @@ def _sections(analysis: SweepAnalysis) -> list[tuple[str, str]]:
                     + ", ".join(f"{k} {v:.2f}" for k, v in analysis.sensitivity)))
     notes = [analysis.sweet_spot_line, analysis.best_line, *analysis.findings]
     out.append(("Findings", "\n".join(n for n in notes if n)))
+    if analysis.cost:
+        out.append(("Cost", analysis.cost.describe()))
     return out
 
 

@@ -7,6 +7,7 @@ without the original command line. Storage is a local directory or a `pyarrow.fs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -79,6 +80,8 @@ class SweepState:
     experiment_id: str
     parent_run_id: str
     config: dict[str, Any]
+    gpu_per_trial: float = 0.0  # as preflight resolved it ('auto' -> 1/k): each trial's share of a GPU
+    reference: dict[str, Any] | None = None  # the shared reference: {key, seconds, computed}, once prepared
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -95,15 +98,16 @@ class SweepState:
             raise ConfigError([(f"not valid JSON ({e.msg} at line {e.lineno}); the file is damaged: restore it "
                                "from a backup, or re-run the sweep")], source=source) from None
         fields = list(cls.__dataclass_fields__)
+        required = [k for k, f in cls.__dataclass_fields__.items() if f.default is dataclasses.MISSING]
         if not isinstance(raw, dict):
-            raise ConfigError([f"expected a JSON object with {', '.join(fields)}"], source=source)
-        missing = [k for k in fields if k not in raw]
+            raise ConfigError([f"expected a JSON object with {', '.join(required)}"], source=source)
+        missing = [k for k in required if k not in raw]
         if missing:
             raise ConfigError([(f"missing {', '.join(missing)}: the file is damaged or not a dpo-sweep state file; "
                                "restore it from a backup, or re-run the sweep")], source=source)
         if not isinstance(raw["config"], dict):
             raise ConfigError(["config: expected a mapping (the sweep config)"], source=source)
-        return cls(**{k: raw[k] for k in fields})
+        return cls(**{k: raw[k] for k in fields if k in raw})
 
     @classmethod
     def load(cls, experiment_path: str) -> SweepState:

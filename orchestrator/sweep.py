@@ -18,6 +18,7 @@ import yaml
 from orchestrator.analysis import SweepAnalysis, analyze
 from orchestrator.cluster import start_ray, view_for
 from orchestrator.config import SweepConfig
+from orchestrator.costs import sweep_cost
 from orchestrator.preflight import Preflight, run_preflight
 from orchestrator.prepare import prepare_shared_reference, unsharable_keys
 from orchestrator.records import TrialRecord, records_from_results
@@ -55,7 +56,11 @@ def build_analysis(cfg: SweepConfig, state: SweepState, grid) -> tuple[list[Tria
 
     records = records_from_results(grid, cfg.trial.model_dump(mode="json"), cfg.search.metric, cfg.search.mode)
     out = state.analysis_dir()
-    analysis = analyze(records, cfg.search.metric, cfg.search.mode, out, max_abs_logratio=cfg.analysis.max_abs_logratio)
+    ref = state.reference or {}
+    cost = sweep_cost(records, cfg.resources.cpu_per_trial, state.gpu_per_trial, reference_seconds=ref.get("seconds"),
+                      reference_reused=not ref.get("computed", True))
+    analysis = analyze(records, cfg.search.metric, cfg.search.mode, out, max_abs_logratio=cfg.analysis.max_abs_logratio,
+                       cost=cost)
     (out / SWEEP_FILE).write_text(state.to_json())  # a copy of the state file, with the analysis
     analysis.reports = list(write_report(analysis, out, f"dpo-sweep: {state.name}", {
         "Ray results": state.experiment_path, "MLflow": f"{state.tracking_uri}, experiment {cfg.experiment!r}, "
@@ -193,6 +198,10 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
     try:
         started = start_ray(address, worker_env)
         reference = _shared_reference(cfg, pre, address, log, client, state.parent_run_id)
+        if reference and not (resume and state.reference):  # what it cost, for the sweep's cost accounting
+            state.reference = {"key": reference.key, "seconds": round(reference.seconds, 3),
+                               "computed": reference.computed}
+            state.save()
         context = SweepContext(base_spec=cfg.trial.model_dump(mode="json"), tracking_uri=pre.tracking_uri,
                                experiment_id=state.experiment_id, parent_run_id=state.parent_run_id,
                                cpu_per_trial=cfg.resources.cpu_per_trial, tracking_flush_s=cfg.tracking.flush_s,
@@ -247,7 +256,8 @@ def _start_sweep(cfg: SweepConfig, pre: Preflight, client) -> SweepState:
         client.log_param(parent, "data.dropped_rows", sum(pre.dropped_rows.values()))
         client.set_tag(parent, "dpo_sweep.dropped_rows", ", ".join(f"{k} {v}" for k, v in pre.dropped_rows.items()))
     state = SweepState(name=name, experiment_path=experiment_path, tracking_uri=redact_uri(pre.tracking_uri),
-                       experiment_id=experiment_id, parent_run_id=parent, config=public)
+                       experiment_id=experiment_id, parent_run_id=parent, config=public,
+                       gpu_per_trial=pre.gpu_per_trial)
     state.save()
     return state
 

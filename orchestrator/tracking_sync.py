@@ -133,6 +133,9 @@ def log_analysis(client, run_id: str, analysis: SweepAnalysis) -> int:
     for path in files:
         client.log_artifact(run_id, str(path), "analysis")
     client.log_text(run_id, analysis.summary + "\n", "analysis/summary.txt")
+    if analysis.cost:  # what the sweep cost, as metrics of its run (comparable across sweeps in the UI)
+        log_step_metrics(client, run_id, analysis.cost.metrics(), step=0)
+        client.set_tag(run_id, "dpo_sweep.cost", analysis.cost.describe()[:5000])
     if analysis.best:
         client.log_dict(run_id, {k: (v if isinstance(v, (int, float, str)) else str(v))
                                  for k, v in analysis.best.items()}, "analysis/sweet_spot.json")

@@ -177,6 +177,7 @@ class ReportCallback(TrainerCallback):
         self.last_metrics: dict[str, Any] = {}
         self.last_checkpoint: str | None = None
         self.reference: dict[str, float] = {}
+        self.tokens_per_step = 0.0  # set by build_trainer from the tokenized training set (`tokens_per_step`)
         self.monitor = (RewardHackingMonitor(spec.reward_hacking, self.reports_per_epoch)
                         if spec.reward_hacking.enabled else None)
 
@@ -231,7 +232,7 @@ class ReportCallback(TrainerCallback):
     def on_save(self, args, state, control, **kw):
         ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         metrics = {**(self.evaluated or {}), **self.reference, **self.train_logs, "step": state.global_step,
-                   "epoch": round(state.epoch or 0.0, 4)}
+                   "epoch": round(state.epoch or 0.0, 4), "tokens_seen": state.global_step * self.tokens_per_step}
         self.evaluated = None
         # A NaN or Inf loss or metric does not come back: say so and stop spending compute on it.
         non_finite = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
@@ -296,6 +297,18 @@ def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_
         callbacks=[callback],
     )
     trainer.remove_callback(PrinterCallback)  # it prints every raw log dict; `report` is the output
+    callback.tokens_per_step = tokens_per_step(trainer.train_dataset, spec)
     return trainer, data, callback
+
+
+def tokens_per_step(dataset, spec: TrialSpec) -> float:
+    """Tokens one optimizer step forwards: the effective batch times the mean pair, which is the prompt with
+    the chosen completion and the prompt with the rejected one, each cut at max_length."""
+    cap = spec.dpo.max_length
+    prompt, chosen, rejected = (dataset[c] for c in ("prompt_ids", "chosen_ids", "rejected_ids"))
+    pairs = [min(len(p) + len(c), cap) + min(len(p) + len(r), cap)
+             for p, c, r in zip(prompt, chosen, rejected, strict=True)]
+    batch = spec.dpo.per_device_train_batch_size * spec.dpo.gradient_accumulation_steps
+    return batch * sum(pairs) / max(len(pairs), 1)
 
 

@@ -1,0 +1,126 @@
+"""What a sweep cost, per trial and in all, from Ray's results: trial-seconds, device-hours, optimizer
+steps, tokens, what early stopping saved against running every trial to the end, and the shared
+reference's one-off cost.
+
+- Trial-seconds are Ray's `time_total_s` at a trial's last report (its training time, restarts included).
+- Device-hours: each trial's seconds times what it held - its share of a GPU when packed (gpu_per_trial),
+  else its CPUs (cpu_per_trial) - in hours. GPU-hours on GPUs, CPU-hours otherwise.
+- Tokens: steps x effective batch x the mean tokens of a pair as the trial reports them (`tokens_per_pair`:
+  prompt twice, chosen and rejected, after truncation): an estimate, exact but for a short last batch.
+- Saved by stopping: a stopped trial's steps and seconds projected to its full length at its own
+  seconds per step (a trial that never reported projects nothing), less what it ran.
+- The shared reference: its one-off seconds, and what it saved, estimated as one such pass per other trial
+  (without it each trial computes the reference log-probs of the same data itself).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from orchestrator.records import TrialRecord
+
+
+@dataclass
+class TrialCost:
+    trial_id: str
+    seconds: float
+    steps: int
+    full_steps: int  # the steps the trial would have run to its end
+    device_hours: float
+    tokens: float
+
+    @property
+    def projected_seconds(self) -> float:
+        return self.seconds * self.full_steps / self.steps if self.steps else 0.0
+
+
+@dataclass
+class SweepCost:
+    trials: list[TrialCost]
+    device: str  # "GPU" or "CPU"
+    reference_seconds: float | None = None  # the shared reference's one-off cost; None without one
+    reference_reused: bool = False  # an earlier sweep's copy: nothing was computed
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def trial_seconds(self) -> float:
+        return sum(t.seconds for t in self.trials)
+
+    @property
+    def device_hours(self) -> float:
+        return sum(t.device_hours for t in self.trials)
+
+    @property
+    def steps(self) -> int:
+        return sum(t.steps for t in self.trials)
+
+    @property
+    def full_steps(self) -> int:
+        return sum(t.full_steps for t in self.trials)
+
+    @property
+    def tokens(self) -> float:
+        return sum(t.tokens for t in self.trials)
+
+    @property
+    def saved_steps(self) -> int:
+        return self.full_steps - self.steps
+
+    @property
+    def saved_seconds(self) -> float:
+        return sum(t.projected_seconds - t.seconds for t in self.trials)
+
+    @property
+    def reference_saved_seconds(self) -> float | None:
+        if self.reference_seconds is None:
+            return None
+        return self.reference_seconds * max(len(self.trials) - (0 if self.reference_reused else 1), 0)
+
+    def metrics(self) -> dict[str, float]:
+        """For the parent MLflow run, under cost.*."""
+        out = {"cost.trial_seconds": self.trial_seconds, f"cost.{self.device.lower()}_hours": self.device_hours,
+               "cost.steps": self.steps, "cost.full_grid_steps": self.full_steps, "cost.saved_steps": self.saved_steps,
+               "cost.saved_seconds": self.saved_seconds, "cost.tokens": self.tokens}
+        if self.reference_seconds is not None:
+            out["cost.reference_seconds"] = 0.0 if self.reference_reused else self.reference_seconds
+            out["cost.reference_saved_seconds"] = self.reference_saved_seconds
+        return out
+
+    def describe(self) -> str:
+        share = f"{self.steps / self.full_steps:.0%}" if self.full_steps else "-"
+        text = (f"Cost: {len(self.trials)} trial(s), {self.trial_seconds:.0f} trial-seconds, "
+                f"{self.device_hours:.3g} {self.device}-hours, {self.steps} optimizer steps ({share} of the "
+                f"{self.full_steps} the trials would have run to their ends), ~{self.tokens:.3g} tokens. "
+                f"Stopping early saved {self.saved_steps} steps and ~{self.saved_seconds:.0f} trial-seconds.")
+        if self.reference_seconds is not None:
+            made = ("reused from an earlier sweep (no cost)" if self.reference_reused
+                    else f"computed once in {self.reference_seconds:.1f} s")
+            text += (f" Shared reference {made}; it saved ~{self.reference_saved_seconds:.0f} s of per-trial "
+                     "reference passes.")
+        return text
+
+
+def trial_cost(rec: TrialRecord, cpu_per_trial: float, gpu_per_trial: float) -> TrialCost:
+    h = rec.history
+    last = h.iloc[-1] if len(h) else pd.Series(dtype=float)
+    seconds = float(last.get("time_total_s", 0.0) or 0.0)
+    steps = int(last.get("step", 0) or 0)
+    # The steps at a report are the same for every report of the trial: its full length is the steps per
+    # report times the reports it was to make.
+    full = math.ceil(steps * rec.expected_reports / len(h)) if steps else 0
+    if rec.status not in ("stopped_by_asha", "stopped_reward_hacking"):
+        full = steps  # completed, failed, diverged: what it ran is all it would have run
+    held = gpu_per_trial if gpu_per_trial else cpu_per_trial
+    tokens = float(last.get("tokens_seen", 0.0) or 0.0)
+    return TrialCost(trial_id=rec.trial_id, seconds=seconds, steps=steps, full_steps=max(full, steps),
+                     device_hours=seconds * held / 3600, tokens=tokens)
+
+
+def sweep_cost(records: list[TrialRecord], cpu_per_trial: float, gpu_per_trial: float,
+               reference_seconds: float | None = None, reference_reused: bool = False) -> SweepCost:
+    return SweepCost(trials=[trial_cost(r, cpu_per_trial, gpu_per_trial) for r in records],
+                     device="GPU" if gpu_per_trial else "CPU", reference_seconds=reference_seconds,
+                     reference_reused=reference_reused)

@@ -1,0 +1,44 @@
+"""Cost accounting on constructed records: sums that match Ray's own per-trial times, and savings that
+follow from the steps each trial ran and would have run."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from orchestrator.costs import sweep_cost
+from orchestrator.records import COMPLETED, STOPPED, TrialRecord
+
+
+def record(tid: str, reports: int, expected: int = 4, steps_per_report: int = 10, s_per_step: float = 0.5):
+    steps = [steps_per_report * (i + 1) for i in range(reports)]
+    history = pd.DataFrame({"step": steps, "time_total_s": [s * s_per_step for s in steps],
+                            "tokens_seen": [s * 1000.0 for s in steps]})
+    return TrialRecord(trial_id=tid, params={"beta": 0.1}, history=history, expected_reports=expected)
+
+
+def test_the_sweep_sums_what_ray_timed_and_projects_what_stopping_saved():
+    records = [record("done", 4), record("cut", 1), record("cut-later", 3, s_per_step=1.0)]
+    assert [r.status for r in records] == [COMPLETED, STOPPED, STOPPED]
+    cost = sweep_cost(records, cpu_per_trial=2, gpu_per_trial=0)
+    # Ray's time_total_s at each trial's last report, summed.
+    assert cost.trial_seconds == pytest.approx(20 + 5 + 30)
+    assert cost.device == "CPU" and cost.device_hours == pytest.approx(55 * 2 / 3600)
+    assert (cost.steps, cost.full_steps, cost.saved_steps) == (40 + 10 + 30, 120, 40)
+    # Each stopped trial projected at its own seconds per step: 30 more steps at 0.5 s, 10 more at 1 s.
+    assert cost.saved_seconds == pytest.approx(15 + 10)
+    assert cost.tokens == pytest.approx(80_000)
+    text = cost.describe()
+    assert "55 trial-seconds" in text and "80 optimizer steps (67% of the 120" in text and "saved 40 steps" in text
+
+
+def test_gpu_hours_count_each_packed_trials_share_and_the_shared_reference_is_accounted():
+    cost = sweep_cost([record("a", 4), record("b", 4)], cpu_per_trial=4, gpu_per_trial=0.25, reference_seconds=12.0)
+    assert cost.device == "GPU" and cost.device_hours == pytest.approx(2 * 20 * 0.25 / 3600)
+    assert cost.saved_steps == 0 and cost.saved_seconds == 0
+    assert cost.reference_saved_seconds == pytest.approx(12.0)  # one pass instead of two
+    metrics = cost.metrics()
+    assert metrics["cost.gpu_hours"] == pytest.approx(cost.device_hours) and metrics["cost.reference_seconds"] == 12.0
+    reused = sweep_cost([record("a", 4), record("b", 4)], 4, 0.25, reference_seconds=12.0, reference_reused=True)
+    assert reused.metrics()["cost.reference_seconds"] == 0.0 and reused.reference_saved_seconds == pytest.approx(24.0)
+    assert "reused from an earlier sweep" in reused.describe()
