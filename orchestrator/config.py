@@ -7,7 +7,7 @@
     search:
       space: seed-exercise            # a named space (dpo-sweep spaces) or an inline mapping
       algorithm: grid                 # grid | random | optuna
-    scheduler: {kind: asha, grace_period: 2, reduction_factor: 3}
+    scheduler: {kind: halving, grace_period: 2, reduction_factor: 3}
     resources: {cpu_per_trial: 1, gpu_per_trial: 0.25}
     tracking: {uri: null, experiment: my-sweep}
     storage: {path: dpo-sweep-output}
@@ -56,7 +56,7 @@ class SearchSettings(StrictModel):
 
 class SchedulerSettings(StrictModel):
     kind: Literal["asha", "halving", "fifo"] = Field(
-        "asha", description="asha stops weak trials early as they arrive at each rung; halving (synchronous successive "
+        "halving", description="asha stops weak trials early as they arrive at each rung; halving (synchronous successive "
                             "halving) pauses every trial at a rung and keeps the best, the same ones in every run; "
                             "fifo runs all (orchestrator/schedulers.py).")
     grace_period: int = Field(1, ge=1, description="Reports every trial gets before it may be stopped.")

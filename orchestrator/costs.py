@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from orchestrator.records import TrialRecord
+from orchestrator.records import STOPPED, STOPPED_HACKING, TrialRecord
 
 
 @dataclass
@@ -111,7 +111,7 @@ def trial_cost(rec: TrialRecord, cpu_per_trial: float, gpu_per_trial: float) -> 
     # The steps at a report are the same for every report of the trial: its full length is the steps per
     # report times the reports it was to make.
     full = math.ceil(steps * rec.expected_reports / len(h)) if steps else 0
-    if rec.status not in ("stopped_by_asha", "stopped_reward_hacking"):
+    if rec.status not in (STOPPED, STOPPED_HACKING):
         full = steps  # completed, failed, diverged: what it ran is all it would have run
     held = gpu_per_trial if gpu_per_trial else cpu_per_trial
     tokens = float(last.get("tokens_seen", 0.0) or 0.0)

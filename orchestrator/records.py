@@ -18,7 +18,7 @@ import pandas as pd
 
 from trainables.config import TrialSpec, spec_with_params
 
-COMPLETED, STOPPED, FAILED, STOPPED_HACKING = "completed", "stopped_by_asha", "failed", "stopped_reward_hacking"
+COMPLETED, STOPPED, FAILED, STOPPED_HACKING = "completed", "stopped_early", "failed", "stopped_reward_hacking"
 DIVERGED, OUT_OF_MEMORY = "diverged", "out_of_memory"
 # How an out-of-memory trial's error reads: ours (trainables.trial), torch's, or Ray's memory monitor killing it.
 OOM_MARKERS = ("TrialOutOfMemory", "OutOfMemoryError", "CUDA out of memory")
@@ -115,11 +115,30 @@ def expected_reports(base_spec: dict[str, Any], params: dict[str, Any]) -> int:
     return spec.dpo.reports_per_epoch * spec.dpo.num_train_epochs
 
 
+def _history(result) -> pd.DataFrame:
+    """A trial's reports. Ray reads them from result.json, which a trial paused and resumed on another worker
+    (synchronous halving does that at every rung) can restart, losing the reports before the pause;
+    progress.csv keeps them all, so it is read too and the fuller of the two is used."""
+    import io
+
+    df = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+    fs = getattr(result, "filesystem", None)
+    if fs is None or not getattr(result, "path", None):
+        return df
+    try:
+        with fs.open_input_stream(f"{result.path}/progress.csv") as f:
+            csv = pd.read_csv(io.StringIO(f.readall().decode()), dtype={"trial_id": str})
+    except (FileNotFoundError, OSError, pd.errors.EmptyDataError):
+        return df  # no progress.csv (nothing reported yet): result.json is all there is
+    steps = (lambda d: d["step"].nunique() if "step" in d else len(d))
+    return csv if steps(csv) > steps(df) else df
+
+
 def records_from_results(grid, base_spec: dict[str, Any], metric: str, mode: str) -> list[TrialRecord]:
     """One record per trial of a Ray `ResultGrid`."""
     records = []
     for result in grid:
-        df = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        df = _history(result)
         params = dict(result.config or {})
         best = None
         scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]

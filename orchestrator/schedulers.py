@@ -31,10 +31,21 @@ def halving_rungs(num_trials: int, grace_period: int, max_t: int, eta: float) ->
     return rungs
 
 
-def sync_halving(num_trials: int, grace_period: int, max_t: int, eta: float, max_running: int | None = None):
+def eligible(result: dict, metric: str, max_abs_logratio: float | None) -> bool:
+    """Whether a trial may be promoted at a rung: what the analysis may pick as the sweet spot - a finite metric,
+    no reward-hacking flag, and no further from the reference than analysis.max_abs_logratio."""
+    value = result.get(metric)
+    if value is None or not math.isfinite(value) or result.get("reward_hack_flag"):
+        return False
+    drift = result.get("eval_abs_logratio")
+    return max_abs_logratio is None or drift is None or drift <= max_abs_logratio
+
+
+def sync_halving(num_trials: int, grace_period: int, max_t: int, eta: float, max_running: int | None = None,
+                 max_abs_logratio: float | None = None):
     """Ray's HyperBand machinery with one bracket holding every trial of the sweep: synchronous successive
-    halving (`halving_rungs`). Trials pause at each rung until all have reported there; at most `max_running`
-    run at once (resources.max_concurrent_trials)."""
+    halving (`halving_rungs`). Trials pause at each rung until all have reported there; the best eligible ones
+    (`eligible`) go on. At most `max_running` run at once (resources.max_concurrent_trials)."""
     from ray.tune.schedulers import HyperBandScheduler
     from ray.tune.schedulers.hyperband import _Bracket
 
@@ -46,6 +57,17 @@ def sync_halving(num_trials: int, grace_period: int, max_t: int, eta: float, max
         def cur_iter_done(self) -> bool:
             return len(self._all_trials) >= num_trials and super().cur_iter_done()
 
+        def successive_halving(self, metric: str, metric_op: float):
+            # Ray ranks by the metric alone; a flagged or drifted trial must not win a rung it could not win in
+            # the analysis. Ineligible trials rank below every eligible one; ties keep the sweep's trial order.
+            results = dict(self._live_trials)
+            self._live_trials = {t: {**r, "_rank": metric_op * r[metric] if eligible(r, metric, max_abs_logratio)
+                                     else -math.inf} for t, r in results.items()}
+            try:
+                return super().successive_halving("_rank", 1.0)
+            finally:
+                self._live_trials = {t: results[t] for t in self._live_trials}
+
     class SyncHalving(HyperBandScheduler):
         def on_trial_add(self, tune_controller, trial):
             if not self._metric or not self._metric_op:
@@ -55,8 +77,13 @@ def sync_halving(num_trials: int, grace_period: int, max_t: int, eta: float, max
                                                            init_t_attr=grace_period, max_t_attr=max_t, eta=eta,
                                                            s=halvings)
                 self._hyperbands = [[self._state["bracket"]]]
-            self._state["bracket"].add_trial(trial)
-            self._trial_info[trial] = self._state["bracket"], 0
+            bracket = self._state["bracket"]
+            self._trial_info[trial] = bracket, 0
+            if trial.status in ("TERMINATED", "ERROR"):
+                # Finished before a `resume`: it has joined the sweep, and is never waited for at a rung.
+                bracket._all_trials.append(trial)
+                return
+            bracket.add_trial(trial)
 
         def choose_trial_to_run(self, tune_controller):
             running = sum(t.status == "RUNNING" for t in tune_controller.get_trials())
@@ -71,9 +98,10 @@ def sync_halving(num_trials: int, grace_period: int, max_t: int, eta: float, max
 
 
 def build_scheduler(settings: SchedulerSettings, max_reports: int, num_trials: int | None = None,
-                    max_running: int | None = None):
+                    max_running: int | None = None, max_abs_logratio: float | None = None):
     """`num_trials`: how many trials the sweep has (synchronous halving puts them all in one bracket);
-    `max_running`: resources.max_concurrent_trials, which halving enforces itself."""
+    `max_running`: resources.max_concurrent_trials, which halving enforces itself; `max_abs_logratio`:
+    analysis.max_abs_logratio, beyond which halving promotes no trial."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     max_t = max(max_reports, settings.grace_period)
@@ -82,6 +110,7 @@ def build_scheduler(settings: SchedulerSettings, max_reports: int, num_trials: i
     if settings.kind == "halving":
         if not num_trials:
             raise ValueError("scheduler.kind 'halving' needs the number of trials (a grid, or search.num_samples)")
-        return sync_halving(num_trials, settings.grace_period, max_t, settings.reduction_factor, max_running)
+        return sync_halving(num_trials, settings.grace_period, max_t, settings.reduction_factor, max_running,
+                            max_abs_logratio)
     return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=settings.grace_period,
                          reduction_factor=settings.reduction_factor)

@@ -63,7 +63,8 @@ def build_tuner(cfg: SweepConfig, space: dict[str, Any], context: SweepContext, 
             metric=cfg.search.metric,
             mode=cfg.search.mode,
             search_alg=search_alg,
-            scheduler=build_scheduler(cfg.scheduler, max_reports, num_trials, cfg.resources.max_concurrent_trials),
+            scheduler=build_scheduler(cfg.scheduler, max_reports, num_trials, cfg.resources.max_concurrent_trials,
+                                      cfg.analysis.max_abs_logratio),
             num_samples=num_samples or cfg.search.num_samples,
             # Tune's cap counts paused trials as live; synchronous halving pauses every trial at a rung, so it
             # caps the running ones itself (else no trial past the cap would ever be created).

@@ -42,3 +42,14 @@ def test_gpu_hours_count_each_packed_trials_share_and_the_shared_reference_is_ac
     reused = sweep_cost([record("a", 4), record("b", 4)], 4, 0.25, reference_seconds=12.0, reference_reused=True)
     assert reused.metrics()["cost.reference_seconds"] == 0.0 and reused.reference_saved_seconds == pytest.approx(24.0)
     assert "reused from an earlier sweep" in reused.describe()
+
+
+def test_halving_promotes_only_what_the_analysis_could_pick():
+    from orchestrator.schedulers import eligible, halving_rungs
+
+    m = "eval_rewards_accuracies"
+    assert eligible({m: 0.9, "eval_abs_logratio": 0.3}, m, 1.4)
+    assert not eligible({m: 1.0, "eval_abs_logratio": 7.6}, m, 1.4)  # drifted: left out of the sweet spot
+    assert not eligible({m: 1.0, "reward_hack_flag": 1.0}, m, None)  # flagged
+    assert not eligible({m: float("nan")}, m, None) and not eligible({}, m, None)
+    assert halving_rungs(9, 1, 8, 3) == [(1, 9), (3, 3), (8, 1)] and halving_rungs(2, 1, 4, 3) == [(1, 2), (3, 1)]
