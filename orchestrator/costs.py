@@ -37,6 +37,11 @@ class TrialCost:
         return self.seconds * self.full_steps / self.steps if self.steps else 0.0
 
 
+def _summed(name: str) -> property:
+    """A TrialCost field summed over the sweep's trials."""
+    return property(lambda self: sum(getattr(t, name) for t in self.trials), doc=f"{name}, summed over the trials")
+
+
 @dataclass
 class SweepCost:
     trials: list[TrialCost]
@@ -45,25 +50,11 @@ class SweepCost:
     reference_reused: bool = False  # an earlier sweep's copy: nothing was computed
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def trial_seconds(self) -> float:
-        return sum(t.seconds for t in self.trials)
-
-    @property
-    def device_hours(self) -> float:
-        return sum(t.device_hours for t in self.trials)
-
-    @property
-    def steps(self) -> int:
-        return sum(t.steps for t in self.trials)
-
-    @property
-    def full_steps(self) -> int:
-        return sum(t.full_steps for t in self.trials)
-
-    @property
-    def tokens(self) -> float:
-        return sum(t.tokens for t in self.trials)
+    trial_seconds = _summed("seconds")
+    device_hours = _summed("device_hours")
+    steps = _summed("steps")
+    full_steps = _summed("full_steps")
+    tokens = _summed("tokens")
 
     @property
     def saved_steps(self) -> int:
