@@ -5,8 +5,9 @@ reference's one-off cost.
 - Trial-seconds are Ray's `time_total_s` at a trial's last report (its training time, restarts included).
 - Device-hours: each trial's seconds times what it held - its share of a GPU when packed (gpu_per_trial),
   else its CPUs (cpu_per_trial) - in hours. GPU-hours on GPUs, CPU-hours otherwise.
-- Tokens: steps x effective batch x the mean tokens of a pair as the trial reports them (`tokens_per_pair`:
-  prompt twice, chosen and rejected, after truncation): an estimate, exact but for a short last batch.
+- Tokens: `tokens_seen` at the trial's last report, steps x effective batch x the mean tokens of a pair
+  (prompt twice, chosen and rejected, after truncation; `trainables.trainer.tokens_per_step`): an
+  estimate, exact but for a short last batch.
 - Saved by stopping: a stopped trial's steps and seconds projected to its full length at its own
   seconds per step (a trial that never reported projects nothing), less what it ran.
 - The shared reference: its one-off seconds, and what it saved, estimated as one such pass per other trial
@@ -16,7 +17,7 @@ reference's one-off cost.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -48,7 +49,6 @@ class SweepCost:
     device: str  # "GPU" or "CPU"
     reference_seconds: float | None = None  # the shared reference's one-off cost; None without one
     reference_reused: bool = False  # an earlier sweep's copy: nothing was computed
-    notes: list[str] = field(default_factory=list)
 
     trial_seconds = _summed("seconds")
     device_hours = _summed("device_hours")

@@ -128,9 +128,12 @@ def _history(result) -> pd.DataFrame:
     try:
         with fs.open_input_stream(f"{result.path}/progress.csv") as f:
             csv = pd.read_csv(io.StringIO(f.readall().decode()), dtype={"trial_id": str})
-    except (FileNotFoundError, OSError, pd.errors.EmptyDataError):
+    except (OSError, pd.errors.EmptyDataError):
         return df  # no progress.csv (nothing reported yet): result.json is all there is
-    steps = (lambda d: d["step"].nunique() if "step" in d else len(d))
+
+    def steps(d: pd.DataFrame) -> int:
+        return d["step"].nunique() if "step" in d else len(d)
+
     return csv if steps(csv) > steps(df) else df
 
 

@@ -32,8 +32,9 @@ def halving_rungs(num_trials: int, grace_period: int, max_t: int, eta: float) ->
 
 
 def eligible(result: dict, metric: str, max_abs_logratio: float | None) -> bool:
-    """Whether a trial may be promoted at a rung: what the analysis may pick as the sweet spot - a finite metric,
-    no reward-hacking flag, and no further from the reference than analysis.max_abs_logratio."""
+    """Whether a trial may be promoted at a rung: a finite metric, no further from the reference than
+    analysis.max_abs_logratio (beyond it the analysis leaves a trial out of the sweet spot), and no
+    reward-hacking flag (stricter than the analysis, which only marks flagged trials)."""
     value = result.get(metric)
     if value is None or not math.isfinite(value) or result.get("reward_hack_flag"):
         return False
@@ -58,8 +59,9 @@ def sync_halving(num_trials: int, grace_period: int, max_t: int, eta: float, max
             return len(self._all_trials) >= num_trials and super().cur_iter_done()
 
         def successive_halving(self, metric: str, metric_op: float):
-            # Ray ranks by the metric alone; a flagged or drifted trial must not win a rung it could not win in
-            # the analysis. Ineligible trials rank below every eligible one; ties keep the sweep's trial order.
+            # Ray ranks by the metric alone, so a collapsed trial (flagged, or drifted out of the analysis'
+            # sweet spot) could win every rung on accuracy. Ineligible trials rank below every eligible one;
+            # ties keep the sweep's trial order.
             results = dict(self._live_trials)
             self._live_trials = {t: {**r, "_rank": metric_op * r[metric] if eligible(r, metric, max_abs_logratio)
                                      else -math.inf} for t, r in results.items()}

@@ -183,13 +183,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
         state = resume
         log(f"[sweep] resuming {state.name}: MLflow run {state.parent_run_id} in experiment {cfg.experiment!r} "
             f"({redact_uri(pre.tracking_uri)}); Ray results {state.experiment_path}")
-        try:
-            client.update_run(state.parent_run_id, status="RUNNING")
-        except Exception as e:
-            if not is_transient(e):
-                raise
-            log(f"[sweep] MLflow unreachable ({e}): the sweep goes on; trials queue their logging and the end "
-                "of the sweep brings MLflow up to date")
+        reopen_parent_run(client, state, log)
     else:
         state = _start_sweep(cfg, pre, client)
         log(f"[sweep] {state.name}: {pre.num_trials or cfg.search.num_samples} trial(s), MLflow run "
@@ -217,6 +211,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
         else:
             printer = ProgressPrinter(cfg.search.metric, pre.num_trials, enabled=progress)
             tuner = build_tuner(cfg, pre.param_space, context, state.name, pre.max_reports,
+                                num_trials=pre.num_trials or cfg.search.num_samples,
                                 gpu_per_trial=pre.gpu_per_trial, callbacks=[printer], num_samples=pre.num_samples)
         grid = tuner.fit()
     except BaseException:

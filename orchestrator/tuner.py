@@ -32,13 +32,6 @@ def trial_name(trial) -> str:
     return f"{trial.trial_id}[{','.join(parts)}]" if parts else trial.trial_id
 
 
-def _count_trials(space: dict[str, Any], num_samples: int) -> int:
-    """How many trials Tune will make of `space`: its grid's size times num_samples."""
-    from search_spaces import grid_size
-
-    return grid_size(space) * num_samples
-
-
 def build_trainable(cfg: SweepConfig, context: SweepContext, gpu_per_trial: float = 0.0):
     """The trial function with the sweep's context bound and its resources declared."""
     from ray import tune
@@ -50,12 +43,13 @@ def build_trainable(cfg: SweepConfig, context: SweepContext, gpu_per_trial: floa
 
 
 def build_tuner(cfg: SweepConfig, space: dict[str, Any], context: SweepContext, run_name: str, max_reports: int,
-                gpu_per_trial: float = 0.0, callbacks: list | None = None, num_samples: int | None = None):
-    """`gpu_per_trial`: as preflight resolved it ('auto' -> 1/k)."""
+                gpu_per_trial: float = 0.0, callbacks: list | None = None, num_samples: int | None = None,
+                num_trials: int | None = None):
+    """`gpu_per_trial`: as preflight resolved it ('auto' -> 1/k); `num_trials`: how many trials the sweep makes,
+    as preflight counted them (synchronous halving holds them all in one bracket)."""
     from ray import tune
 
     search_alg, space = build_search_alg(cfg, space)
-    num_trials = _count_trials(space, num_samples or cfg.search.num_samples)
     return tune.Tuner(
         build_trainable(cfg, context, gpu_per_trial),
         param_space=space,

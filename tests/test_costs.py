@@ -53,3 +53,18 @@ def test_halving_promotes_only_what_the_analysis_could_pick():
     assert not eligible({m: 1.0, "reward_hack_flag": 1.0}, m, None)  # flagged
     assert not eligible({m: float("nan")}, m, None) and not eligible({}, m, None)
     assert halving_rungs(9, 1, 8, 3) == [(1, 9), (3, 3), (8, 1)] and halving_rungs(2, 1, 4, 3) == [(1, 2), (3, 1)]
+
+
+def test_tokens_per_step_counts_each_pair_twice_over_its_prompt_cut_at_max_length():
+    import datasets
+
+    from trainables.config import TrialSpec
+    from trainables.trainer import tokens_per_step
+
+    spec = TrialSpec.model_validate({"dpo": {"max_length": 5, "per_device_train_batch_size": 4,
+                                             "gradient_accumulation_steps": 2}})
+    ds = datasets.Dataset.from_dict({"prompt_ids": [[1, 2], [1, 2, 3]], "chosen_ids": [[4], [4, 5, 6]],
+                                     "rejected_ids": [[7, 8], [9]]})
+    # Pair 1: min(2+1, 5) + min(2+2, 5) = 7; pair 2: min(3+3, 5) + min(3+1, 5) = 9; batch 4 x 2.
+    assert tokens_per_step(ds, spec) == 8 * (7 + 9) / 2
+    assert tokens_per_step(ds.select([1, 1, 0]), spec) == pytest.approx(8 * (9 + 9 + 7) / 3)  # a selection's rows
