@@ -30,6 +30,14 @@ from orchestrator.sweep import run_sweep
 from trainables.tiny_model import ensure_tiny_llama
 
 
+def dump_records(path: Path, scheduler: str, seed: int, records) -> None:
+    """Append a sweep's trials (params, error, every report) as one JSON line, for study offline."""
+    with path.open("a") as f:
+        f.write(json.dumps({"scheduler": scheduler, "seed": seed, "trials": [
+            {"params": r.params, "error": r.error, "expected_reports": r.expected_reports,
+             "history": json.loads(r.history.to_json(orient="records"))} for r in records]}, default=str) + "\n")
+
+
 def one_sweep(scheduler: str, seed: int, args, cache: str, storage: str) -> dict:
     cfg = validate_sweep_config({
         "name": f"bench-{scheduler}",
@@ -46,6 +54,8 @@ def one_sweep(scheduler: str, seed: int, args, cache: str, storage: str) -> dict
     t0 = time.perf_counter()
     result = run_sweep(cfg, log=lambda *_: None, progress=False)
     a = result.analysis
+    if args.histories:
+        dump_records(args.histories, scheduler, seed, result.records)
     cell = {k: float(v) for k, v in a.sweet_spot.values.items()} if a.sweet_spot else None
     return {"trial_steps": int(sum(r.history["step"].iloc[-1] for r in result.records if len(r.history))),
             "sweet_spot": cell, "sweet_spot_accuracy": a.sweet_spot.mean if a.sweet_spot else None,
@@ -58,7 +68,9 @@ def main() -> None:
     ap.add_argument("--label-noise", type=float, default=0.2)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--reduction-factor", type=float, default=3, help="keep the top 1/rf at each rung")
-    ap.add_argument("--schedulers", nargs="+", default=["asha", "halving"], choices=["asha", "halving"])
+    ap.add_argument("--schedulers", nargs="*", default=["asha", "halving"], choices=["asha", "halving"],
+                    help="early-stopping schedulers to compare with the full grid (none: the grid only)")
+    ap.add_argument("--histories", type=Path, help="append every sweep's trial histories here (JSON lines)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     per_seed = []
