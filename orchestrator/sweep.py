@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,8 +191,15 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
             f"{state.parent_run_id} in experiment {cfg.experiment!r} ({redact_uri(pre.tracking_uri)})")
     started = False
     try:
-        started = start_ray(address, worker_env)
-        reference = _shared_reference(cfg, pre, address, log, client, state.parent_run_id)
+        # A local CPU sweep builds its shared reference in this process: while Ray starts (seconds of waiting
+        # on its processes), not after. Elsewhere the build is a Ray task, once Ray is up.
+        in_driver = cfg.shared_reference and not address and not pre.gpu_per_trial
+        with ThreadPoolExecutor(1) as pool:
+            early = pool.submit(_shared_reference, cfg, pre, address, log, client, state.parent_run_id) \
+                if in_driver else None
+            started = start_ray(address, worker_env)
+            reference = early.result() if early else _shared_reference(cfg, pre, address, log, client,
+                                                                        state.parent_run_id)
         if reference and not (resume and state.reference):  # what it cost, for the sweep's cost accounting
             state.reference = {"key": reference.key, "seconds": round(reference.seconds, 3),
                                "computed": reference.computed}
