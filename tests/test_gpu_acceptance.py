@@ -132,3 +132,28 @@ def test_the_cpu_dry_run_passes_every_step_with_the_gpu_runs_keys(model_cache):
     assert all(set(r) == acceptance.PACKING_ROW_KEYS and r["aggregate_samples_per_s"] > 0 for r in rows)
     assert report["steps"]["oom"]["statuses"] == {"8": "completed", "512": "out_of_memory"}
     assert report["steps"]["sweep"]["tracking"] == "sqlite" and report["steps"]["sweep"]["trials"] == 4
+
+
+IMPORT_PROBE = r"""
+import importlib.metadata as md, json, sys, tempfile
+import orchestrator.cli, orchestrator.sweep, orchestrator.report, trainables.trainer, trainables.tune_entry
+import trainables.gguf_models, ray.tune
+from mlflow.tracking import MlflowClient
+with tempfile.TemporaryDirectory() as tmp:
+    MlflowClient(f"sqlite:///{tmp}/m.db").search_experiments()  # the SQLite store and its migrations
+dists = md.packages_distributions()
+print(json.dumps(sorted({d for m in list(sys.modules) for d in dists.get(m.split(".")[0], [])})))
+"""
+
+
+def test_what_the_driver_and_a_trial_import_is_carried_or_on_the_target():
+    """Every distribution whose modules the sweep's driver and trial code load (MLflow's SQLite store included)
+    is carried by gpu-wheels or on the target: nothing of the full MLflow server or Ray's dashboard is needed."""
+    res = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, check=False, cwd=ROOT,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    loaded = {canonicalize_name(d) for d in json.loads(res.stdout.strip().splitlines()[-1])}
+    target = wheels.read_target(wheels.DEFAULT_TARGET)
+    _, carried = wheels.closure(target, set(wheels.ALWAYS))
+    missing = loaded - {n.name for n in carried} - set(target) - {"dpo-sweep", "pytest"}
+    assert not missing, f"loaded but neither carried nor on the target: {sorted(missing)}"
