@@ -249,7 +249,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dpo-sweep",
-        description="Hyperparameter sweeps of QLoRA DPO fine-tuning (Ray Tune + ASHA, TRL, bitsandbytes, MLflow).",
+        description="Hyperparameter sweeps of QLoRA DPO fine-tuning (Ray Tune with early stopping, TRL, bitsandbytes, MLflow).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'dpo-sweep COMMAND --help' for the options of a command.",
     )
@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "else sqlite:///<storage.path>/mlflow.db)")
 
     run = sub.add_parser("run", help="run a sweep (the built-in offline demo sweep when no config is given)",
-                         description="Run a hyperparameter sweep with Ray Tune and ASHA, tracked in MLflow. With no "
+                         description="Run a hyperparameter sweep with Ray Tune, weak trials stopped early (synchronous successive halving by "
+                                     "default, or ASHA), tracked in MLflow. With no "
                                      "config: the demo, a 3 x 3 beta x learning_rate grid on tiny-llama (4-bit) and "
                                      "the bundled synthetic task, offline, in about a minute on a laptop CPU. Ends "
                                      "with the results table, the sweet spot, the plots and the `mlflow ui` command.")
