@@ -107,8 +107,9 @@ def main() -> None:
                       f" cell); wall {run['wall_s']} s vs {grid['wall_s']} s", file=sys.stderr)
             per_seed.append(row)
     print(json.dumps({
-        "benchmark": "asha_vs_grid", "config": args.config or "tiny grid", "cpus": os.cpu_count(), "label_noise": args.label_noise, "epochs": args.epochs,
-        "reduction_factor": args.reduction_factor,
+        "benchmark": "asha_vs_grid", "config": args.config or "tiny grid", "cpus": os.cpu_count(),
+        **({} if args.config else {"label_noise": args.label_noise, "epochs": args.epochs,
+                                   "reduction_factor": args.reduction_factor}),
         "median_step_fraction": {k: statistics.median(r[k]["step_fraction"] for r in per_seed) for k in args.schedulers},
         "same_cell_as_grid": {k: f"{sum(r[k]['same_cell'] for r in per_seed)}/{len(per_seed)}" for k in args.schedulers},
         "median_wall_ratio_to_grid": {k: statistics.median(r[k]["wall_s"] / r["grid"]["wall_s"] for r in per_seed)
