@@ -60,10 +60,9 @@ def one_sweep(scheduler: str, seed: int, args, cache: str, storage: str) -> dict
         from orchestrator.cli import SHIPPED_SWEEPS, shipped_config
         from orchestrator.config import load_sweep_config
 
-        task = "arithmetic" if args.config == "smollm2" else "synthetic"
         cfg = load_sweep_config(shipped_config(SHIPPED_SWEEPS[args.config]), [
-            f"scheduler.kind={scheduler}", f"storage.path={storage}", f"trial.dpo.seed={seed}",
-            f"trial.data.{task}.seed={seed}", f"name=bench-{scheduler}"])
+            f"scheduler.kind={scheduler}", f"storage.path={storage}", f"trial.dpo.seed={seed}", f"name=bench-{scheduler}"])
+        getattr(cfg.trial.data, cfg.trial.data.builtin_task).seed = seed  # the bundled task's questions, mistakes, noise
     else:
         cfg = tiny_sweep(scheduler, seed, args, cache, storage)
     t0 = time.perf_counter()

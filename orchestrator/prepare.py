@@ -82,10 +82,16 @@ def build_shared_reference(spec: TrialSpec, cache_root: str | Path, log=print) -
     return SharedReference(key, target, True, seconds, meta["train_rows"], meta["eval_rows"])
 
 
+def builds_in_driver(gpu_per_trial: float, local: bool) -> bool:
+    """Where the shared reference is built: a local CPU sweep builds it in the driver's own process; elsewhere
+    it is a Ray task on a trial's resources (a GPU, a worker node)."""
+    return local and not gpu_per_trial
+
+
 def prepare_shared_reference(cfg: SweepConfig, gpu_per_trial: float, local: bool) -> SharedReference:
     import ray
 
-    if local and not gpu_per_trial:
+    if builds_in_driver(gpu_per_trial, local):
         return build_shared_reference(cfg.trial, str(reference_cache_root(cfg)), log=_quiet)
     task = ray.remote(num_cpus=cfg.resources.cpu_per_trial, num_gpus=gpu_per_trial, max_retries=0)(
         build_shared_reference)

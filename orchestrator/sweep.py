@@ -11,6 +11,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from orchestrator.cluster import start_ray, view_for
 from orchestrator.config import SweepConfig
 from orchestrator.costs import sweep_cost
 from orchestrator.preflight import Preflight, run_preflight
-from orchestrator.prepare import prepare_shared_reference, unsharable_keys
+from orchestrator.prepare import builds_in_driver, prepare_shared_reference, unsharable_keys
 from orchestrator.records import TrialRecord, records_from_results
 from orchestrator.state import SWEEP_FILE, SweepState, is_uri, join_path, upload_dir
 from orchestrator.tracking_sync import SyncCounts, ensure_experiment, log_analysis, start_sweep_run, sync_trial_runs
@@ -191,15 +192,13 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
             f"{state.parent_run_id} in experiment {cfg.experiment!r} ({redact_uri(pre.tracking_uri)})")
     started = False
     try:
-        # A local CPU sweep builds its shared reference in this process: while Ray starts (seconds of waiting
-        # on its processes), not after. Elsewhere the build is a Ray task, once Ray is up.
-        in_driver = cfg.shared_reference and not address and not pre.gpu_per_trial
+        # Built in this process (a local CPU sweep), the shared reference is prepared while Ray starts (seconds
+        # of waiting on its processes), not after. Elsewhere the build is a Ray task, once Ray is up.
+        prepare = partial(_shared_reference, cfg, pre, address, log, client, state.parent_run_id)
         with ThreadPoolExecutor(1) as pool:
-            early = pool.submit(_shared_reference, cfg, pre, address, log, client, state.parent_run_id) \
-                if in_driver else None
+            early = pool.submit(prepare) if builds_in_driver(pre.gpu_per_trial, local=not address) else None
             started = start_ray(address, worker_env)
-            reference = early.result() if early else _shared_reference(cfg, pre, address, log, client,
-                                                                        state.parent_run_id)
+            reference = early.result() if early else prepare()
         if reference and not (resume and state.reference):  # what it cost, for the sweep's cost accounting
             state.reference = {"key": reference.key, "seconds": round(reference.seconds, 3),
                                "computed": reference.computed}

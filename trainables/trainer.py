@@ -301,9 +301,9 @@ def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_
     return trainer, data, callback
 
 
-def tokens_per_step(dataset, spec: TrialSpec) -> float:
-    """Tokens one optimizer step forwards: the effective batch times the mean pair, which is the prompt with
-    the chosen completion and the prompt with the rejected one, each cut at max_length."""
+def row_lengths(dataset, max_length: int):
+    """(chosen, rejected): the tokens of each row DPO forwards, the prompt with the chosen completion and the
+    prompt with the rejected one, each cut at max_length, as two numpy arrays with one entry per pair."""
     import numpy as np
     import pyarrow.compute as pc
 
@@ -311,9 +311,13 @@ def tokens_per_step(dataset, spec: TrialSpec) -> float:
     columns = dataset.with_format("arrow")  # rows as selected (indices honoured), columns as Arrow arrays
     prompt, chosen, rejected = (pc.list_value_length(columns[c]).to_numpy(zero_copy_only=False)
                                 for c in ("prompt_ids", "chosen_ids", "rejected_ids"))
-    cap = spec.dpo.max_length
-    pairs = np.minimum(prompt + chosen, cap) + np.minimum(prompt + rejected, cap)
+    return np.minimum(prompt + chosen, max_length), np.minimum(prompt + rejected, max_length)
+
+
+def tokens_per_step(dataset, spec: TrialSpec) -> float:
+    """Tokens one optimizer step forwards: the effective batch times the mean pair (`row_lengths`)."""
+    chosen, rejected = row_lengths(dataset, spec.dpo.max_length)
     batch = spec.dpo.per_device_train_batch_size * spec.dpo.gradient_accumulation_steps
-    return float(batch * pairs.mean()) if len(pairs) else 0.0
+    return float(batch * (chosen + rejected).mean()) if len(chosen) else 0.0
 
 

@@ -248,7 +248,7 @@ def packing_worker(index: int, spec_json: str, ks: list[int], sync: str) -> None
     import torch
 
     from trainables.config import TrialSpec
-    from trainables.trainer import build_trainer
+    from trainables.trainer import build_trainer, row_lengths
 
     cuda = torch.cuda.is_available()
     for k in ks:
@@ -257,7 +257,7 @@ def packing_worker(index: int, spec_json: str, ks: list[int], sync: str) -> None
         spec = TrialSpec.model_validate(json.loads(spec_json))
         spec.output_dir = f"{spec.output_dir}/k{k}"
         trainer, _, _ = build_trainer(spec, lambda m, c: None, log=lambda *a: None)
-        longest = longest_pair(trainer.train_dataset, spec.dpo.max_length)
+        longest = int(max(n.max() for n in row_lengths(trainer.train_dataset, spec.dpo.max_length)))  # batches pad to it
         Path(sync, f"ready-{k}-{index}").touch()
         while not Path(sync, f"go-{k}").exists():
             time.sleep(0.01)
@@ -279,24 +279,20 @@ def packing_worker(index: int, spec_json: str, ks: list[int], sync: str) -> None
             torch.cuda.empty_cache()
 
 
-def longest_pair(dataset, max_length: int) -> int:
-    """The longest row DPO forwards (prompt + completion, cut at max_length): batches pad to it."""
-    import pyarrow.compute as pc
-
-    cols = dataset.with_format("arrow")
-    prompt = pc.list_value_length(cols["prompt_ids"]).to_numpy(zero_copy_only=False)
-    longest = max(pc.list_value_length(cols[c]).to_numpy(zero_copy_only=False).max() for c in ("chosen_ids",
-                                                                                                 "rejected_ids"))
-    return int(min(prompt.max() + longest, max_length))
+def child_env(*first: Path | str, **more: str) -> dict[str, str]:
+    """This process's environment for a child: `first` and the repository ahead of PYTHONPATH, plus `more`."""
+    path = [str(p) for p in (*first, ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, **more, "PYTHONPATH": os.pathsep.join(path)}
 
 
-def wait_for(paths: list[Path], procs: list[subprocess.Popen], timeout_s: float, what: str) -> None:
+def wait_for(paths: list[Path], procs: list[tuple[subprocess.Popen, Path]], timeout_s: float, what: str) -> None:
+    """Until every path exists; a worker that died (its log's tail is the error) or the timeout raises."""
     deadline = time.monotonic() + timeout_s
     while not all(p.exists() for p in paths):
-        for p in procs:
+        for p, log_file in procs:
             if p.poll() not in (None, 0):
                 raise RuntimeError(f"a packed trial process exited with {p.returncode} while {what}:\n"
-                                   f"{p.stderr.read()[-3000:] if p.stderr else ''}")
+                                   f"{log_file.read_text(errors='replace')[-3000:]}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: still waiting after {timeout_s:.0f} s")
         time.sleep(0.05)
@@ -310,11 +306,14 @@ def pack_model(ctx: dict, model: str, ks: list[int]) -> list[dict]:
         sync = Path(tmp, "sync")
         sync.mkdir()
         spec_json = json.dumps(trial_spec(ctx, model, f"{tmp}/out", precompute_ref_log_probs=True))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        procs = [subprocess.Popen([sys.executable, __file__, "_packing_worker", str(i), spec_json,
-                                   ",".join(map(str, ks)), str(sync)], cwd=ROOT, env=env, text=True,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                 for i in range(max(ks))]
+        spec = TrialSpec.model_validate(json.loads(spec_json))
+        procs = []
+        for i in range(max(ks)):  # each worker's output to a file: a pipe nobody reads would fill and stall it
+            log_file = Path(tmp, f"worker-{i}.log")
+            with log_file.open("w") as out:
+                procs.append((subprocess.Popen([sys.executable, __file__, "_packing_worker", str(i), spec_json,
+                                                ",".join(map(str, ks)), str(sync)], cwd=ROOT, env=child_env(),
+                                               stdout=out, stderr=subprocess.STDOUT), log_file))
         rows = []
         try:
             for k in ks:
@@ -327,7 +326,6 @@ def pack_model(ctx: dict, model: str, ks: list[int]) -> list[dict]:
                 row = {"model": model, "k": k, "aggregate_samples_per_s": round(sum(o["pairs"] for o in outs)
                                                                                  / slowest, 2),
                        "slowest_train_s": round(slowest, 2)}
-                spec = TrialSpec.model_validate(json.loads(spec_json))
                 longest = max(o["longest_tokens"] for o in outs)
                 est = estimate_trial_memory(spec, seq_len=longest)
                 measured = [o["max_allocated"] for o in outs if o["max_allocated"] is not None]
@@ -340,7 +338,7 @@ def pack_model(ctx: dict, model: str, ks: list[int]) -> list[dict]:
                 log(f"packing {model} k={k}: {row['aggregate_samples_per_s']} samples/s; peak "
                     f"{row['max_allocated_mib']} MiB vs estimate {row['estimate_mib']['allocated']} MiB")
         finally:
-            for p in procs:
+            for p, _ in procs:
                 if p.poll() is None:
                     p.kill()
                 p.wait()
@@ -411,11 +409,11 @@ def step_reference(ctx: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- sweeps
 
-def run_cli(args: list[str], env: dict | None = None, timeout_s: float = 900) -> tuple[float, str]:
+def run_cli(args: list[str], env: dict[str, str], timeout_s: float = 900) -> tuple[float, str]:
+    """`dpo-sweep ARGS` in a child with `env` (child_env): (wall seconds, its output)."""
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, text=True, timeout=timeout_s, check=False,
-                         capture_output=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                             [str(ROOT), os.environ.get("PYTHONPATH", "")]), **(env or {})})
+    res = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, text=True, timeout=timeout_s,
+                         check=False, capture_output=True, env=env)
     wall = time.perf_counter() - t0
     if res.returncode:
         raise RuntimeError(f"dpo-sweep {' '.join(args)} exited with {res.returncode}:\n{res.stderr[-3000:]}")
@@ -457,7 +455,7 @@ def step_sweep(ctx: dict) -> dict:
         if ctx["dry_run"]:  # the demo's grid cut to 2 x 2: the rehearsal checks the path, not the answer
             sets += ["search.space.beta.grid=[0.1, 0.5]", "search.space.learning_rate.grid=[5e-4, 5e-3]"]
         wall, output = run_cli(["run", shipped, *(a for s in sets for a in ("--set", s))],
-                               env={"DPO_SWEEP_CACHE": str(ctx["cache"])})
+                               env=child_env(DPO_SWEEP_CACHE=str(ctx["cache"])))
         table = sweep_table(Path(tmp))
         packing = next((line.split("GPU packing: ", 1)[1] for line in output.splitlines() if "GPU packing: " in line),
                        None)
@@ -473,14 +471,14 @@ def step_sweep(ctx: dict) -> dict:
 def step_oom(ctx: dict) -> dict:
     """Two trials, one GPU each so they run one after the other: batch 8 and a batch sized to overflow."""
     if ctx["dry_run"]:
-        model, big, env = "tiny-llama", 512, {
-            "DPO_SWEEP_DRY_RUN_TOKEN_BUDGET": str(DRY_RUN_TOKEN_BUDGET),
-            "PYTHONPATH": os.pathsep.join([str(Path(__file__).with_name("cpu_oom")), str(ROOT),
-                                           os.environ.get("PYTHONPATH", "")])}
+        model, big = "tiny-llama", 512
+        env = child_env(Path(__file__).with_name("cpu_oom"), DPO_SWEEP_CACHE=str(ctx["cache"]),
+                        DPO_SWEEP_DRY_RUN_TOKEN_BUDGET=str(DRY_RUN_TOKEN_BUDGET))
         source = f"simulated: a budget of {DRY_RUN_TOKEN_BUDGET} tokens a forward pass stands in for GPU memory"
     else:
         # 4096 pairs x 2 rows x ~50 tokens through SmolLM2's 30 layers: some 290 GiB of activations alone.
-        model, big, env, source = "smollm2-135m", 4096, {}, "cuda"
+        model, big, source = "smollm2-135m", 4096, "cuda"
+        env = child_env(DPO_SWEEP_CACHE=str(ctx["cache"]))
     with tempfile.TemporaryDirectory() as tmp:
         spec = trial_spec(ctx, model, "unused")
         spec.pop("output_dir")
@@ -494,7 +492,7 @@ def step_oom(ctx: dict) -> dict:
                  "resources": {"cpu_per_trial": 1, "gpu_per_trial": ctx["gpu_per_trial_whole"]}}
         cfg = Path(tmp, "oom.yaml")
         cfg.write_text(json.dumps(sweep))
-        wall, _ = run_cli(["run", str(cfg)], env={"DPO_SWEEP_CACHE": str(ctx["cache"]), **env})
+        wall, _ = run_cli(["run", str(cfg)], env=env)
         table = sweep_table(Path(tmp))
     by_batch = {int(b): s for b, s in zip(table["per_device_train_batch_size"], table["status"], strict=True)}
     return {"source": source, "oversized_batch": big, "statuses": {str(b): s for b, s in by_batch.items()},

@@ -76,8 +76,8 @@ def read_target(path: Path) -> dict[str, str | None]:
         line = raw.split("#")[0].strip()
         if not line:
             continue
-        name, _, version = line.partition("==")
-        if not name.strip() or (_ and not version.strip()):
+        name, sep, version = line.partition("==")
+        if not name.strip() or (sep and not version.strip()):
             sys.exit(f"{path}:{n}: expected NAME or NAME==VERSION, got {raw!r}")
         out[canonicalize_name(name.strip())] = version.strip() or None
     return out
