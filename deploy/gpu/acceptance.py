@@ -204,8 +204,13 @@ def step_check(ctx: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------- models
 
 def model_path(name: str, cache: Path) -> str:
-    """A model name the trial spec takes: the built-ins as they are; the Qwen-shaped one built here once."""
+    """A model name the trial spec takes: the built-ins as they are (converted here once, not by every packed
+    process at the same time); the Qwen-shaped one built here once."""
     if name != QWEN_SHAPED:
+        from trainables.config import ModelSettings
+        from trainables.model import resolve_model_path
+
+        resolve_model_path(ModelSettings(name_or_path=name), str(cache), log=log)
         return name
     target = cache / QWEN_SHAPED
     if (target / "config.json").exists():
@@ -254,6 +259,10 @@ def packing_worker(index: int, spec_json: str, ks: list[int], sync: str) -> None
     for k in ks:
         if index >= k:
             continue
+        # Build only once the previous k has finished: a trial loading its model beside the ones training would
+        # slow them, and flatter every later k against k = 1.
+        while not Path(sync, f"start-{k}").exists():
+            time.sleep(0.01)
         spec = TrialSpec.model_validate(json.loads(spec_json))
         spec.output_dir = f"{spec.output_dir}/k{k}"
         trainer, _, _ = build_trainer(spec, lambda m, c: None, log=lambda *a: None)
@@ -317,6 +326,7 @@ def pack_model(ctx: dict, model: str, ks: list[int]) -> list[dict]:
         rows = []
         try:
             for k in ks:
+                (sync / f"start-{k}").touch()
                 wait_for([sync / f"ready-{k}-{i}" for i in range(k)], procs, 600, f"{model}: building k={k}")
                 (sync / f"go-{k}").touch()
                 results = [sync / f"result-{k}-{i}.json" for i in range(k)]
