@@ -59,8 +59,8 @@ def figure_interaction(table: pd.DataFrame, knobs: list[str], metric: str, marke
     """The metric against the learning rate, one line per beta (means over replicates); grey rings: stopped
     early; red crosses: flagged; a star: the sweet spot. None without a swept knob."""
     x, line = axes_keys(knobs)
-    if x is None:
-        return None
+    if x is None or not pd.to_numeric(table[metric], errors="coerce").notna().any():
+        return None  # no trial reported the metric: nothing to draw (and an empty log axis cannot be laid out)
     fig, ax = _figure(7, 4.5)
     groups = table.groupby(line) if line else [(None, table)]
     for value, g in groups:

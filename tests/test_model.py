@@ -98,3 +98,14 @@ def test_a_hub_id_that_cannot_load_is_refused_before_any_trial_starts(hub_cache)
     text = str(err.value)
     assert "'acme/tinny' is not in the Hugging Face cache" in text and "HF_HUB_OFFLINE is set" in text
     assert "give a local directory" in text  # the fix
+
+
+def test_the_base_model_loads_without_hub_kernels_unless_asked(tmp_path):
+    # transformers kernelizes by default whenever `kernels` is installed (it is one of its own requirements); on
+    # CUDA that downloads layers from the hub, which broke every trial of the first GPU run, offline.
+    from trainables.config import ModelSettings
+    from trainables.model import load_base_model
+
+    off, _ = load_base_model(ModelSettings(), cache_dir=str(tmp_path), log=lambda *a: None)
+    on, _ = load_base_model(ModelSettings(hub_kernels=True), cache_dir=str(tmp_path), log=lambda *a: None)
+    assert (off.use_kernels, on.use_kernels) == (False, True)

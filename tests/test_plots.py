@@ -87,3 +87,14 @@ def test_a_decade_of_learning_rates_is_drawn_on_a_log_axis():
     assert not plots.log_like(pd.Series([0.1, 0.5]))
     assert not plots.log_like(pd.Series(["sigmoid", "robust"]))
     assert not plots.log_like(pd.Series([0.0, 0.1, 0.2]))
+
+
+def test_a_sweep_where_no_trial_reported_draws_what_it_can_without_raising(tmp_path):
+    # Found on the first GPU run: every trial of a batch-size sweep failed, and laying out the interaction
+    # plot's empty log axis (8 and 4096 span a decade) raised inside the analysis, losing the sweep's summary.
+    t = pd.DataFrame({"per_device_train_batch_size": [8, 4096], METRIC: [np.nan, np.nan],
+                      "status": ["error", "out_of_memory"], "reward_hacking": ["", ""]})
+    knobs = ["per_device_train_batch_size"]
+    assert plots.figure_interaction(t, knobs, METRIC, None) is None
+    drawn = plots.draw_all([], t, knobs, METRIC, None, None, tmp_path)
+    assert drawn == {"learning_curves": tmp_path / "learning_curves.png"} and drawn["learning_curves"].is_file()

@@ -263,3 +263,25 @@ def test_out_of_memory_names_the_fix(make_spec, monkeypatch):
     assert text.startswith("TrialOutOfMemory at step 3: per_device_train_batch_size=16, max_length=64")
     assert "lower dpo.per_device_train_batch_size" in text and "dpo.max_length" in text
     assert "resources.gpu_per_trial" in text and "Tried to allocate 2.00 GiB" in text
+
+
+def test_sequence_logps_never_builds_the_vocabulary_wide_logits(make_spec):
+    # The held-out divergence once projected every position through the LM head and softmaxed it in fp32: the
+    # largest allocation of a trial on the GPU. It must read TRL's fused head and agree with the full softmax.
+    spec = make_spec("fused-head", model={"compute_dtype": "float32"})
+    trainer, _, _ = build_trainer(spec, lambda m, c: None, log=quiet)
+    model = trainer.model
+    model.eval()
+    batch = next(iter(trainer.get_eval_dataloader()))
+    calls = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        fused, lengths = sequence_logps(model, batch)
+        assert calls == []
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    hook.remove()
+    assert calls == [1]  # the hook does see a full projection
+    full = logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    mask = batch["completion_mask"][:, 1:]
+    assert torch.allclose(fused, (full * mask).sum(-1), atol=1e-4)
+    assert torch.equal(lengths, mask.sum(-1).clamp(min=1))

@@ -73,6 +73,10 @@ class ModelSettings(StrictModel):
                             "float32 on an older CPU (where emulated bf16 is several times slower; see README)."
     )
     double_quant: bool = Field(True, description="Quantize the 4-bit quantization constants too (saves ~0.4 bit/param).")
+    hub_kernels: bool = Field(
+        False, description="Let transformers swap layers (RoPE, activations) for kernels it downloads from the "
+                           "Hugging Face hub when the model loads on a GPU (the `kernels` package). Off: they need "
+                           "the hub at every load (an offline GPU node fails) and run code fetched from it.")
     trust_remote_code: bool = Field(False, description="Run the model repo's own Python code (hub models that need it).")
 
 

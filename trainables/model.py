@@ -165,6 +165,9 @@ def load_base_model(settings: ModelSettings, cache_dir: str | None = None, devic
         dtype=DTYPES[resolve_compute_dtype(settings.compute_dtype, device)],
         device_map={"": device.index if device.type == "cuda" else "cpu"},
         trust_remote_code=settings.trust_remote_code,
+        # transformers >= 5.2x kernelizes by default when `kernels` (its own requirement) is installed: on CUDA
+        # that fetches kernels from the hub, which failed the first GPU run offline (README, "On a GPU").
+        use_kernels=settings.hub_kernels,
     )
     keep_4bit_weights_trainable(model)
     return model, load_tokenizer(path, settings)
