@@ -37,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from readme_block import replace_readme_block
 from trial_histories import BASE, DEFAULT_OUT, QUICK, REAL_BASE, run_histories, total_seconds
 
 from trainables.config import RewardHackingSettings
@@ -323,16 +324,6 @@ def render(result: dict[str, Any], tasks: dict[str, tuple[list[dict], set[int]]]
     lines += ["", ("P: precision (true flags / flags), R: recall (true flags / degraded trials), FA: false alarms "
               "(flags / trials whose answers held).")]
     return "\n".join(lines) + "\n"
-
-
-def replace_readme_block(path: Path, name: str, text: str) -> None:
-    """Put `text` between the '<!-- name:begin -->' and '<!-- name:end -->' lines of a Markdown file."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    doc = path.read_text()
-    if begin not in doc or end not in doc:
-        raise SystemExit(f"{path} has no {begin} ... {end} block to rewrite")
-    head, rest = doc.split(begin, 1)
-    path.write_text(f"{head}{begin}\n{text.rstrip()}\n{end}{rest.split(end, 1)[1]}")
 
 
 def main() -> None:

@@ -26,7 +26,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from detector_calibration import REAL_SEEDS, judgeable, real_grid_configs, replace_readme_block, truth
+from detector_calibration import REAL_SEEDS, judgeable, real_grid_configs, truth
+from readme_block import replace_readme_block
 from practitioner_claims import effect, mean_and_se, mean_se
 from trial_histories import DEFAULT_OUT, REAL_BASE, cache_key, merged, run_histories, total_seconds
 

@@ -170,3 +170,13 @@ def test_what_the_driver_and_a_trial_import_is_carried_or_on_the_target():
     res = subprocess.run([sys.executable, "-c", IMPORT_PROBE, json.dumps(sorted(allowed))], capture_output=True,
                          text=True, check=False, cwd=ROOT, timeout=300)
     assert res.returncode == 0 and "imported" in res.stdout, res.stderr[-3000:]
+
+
+def test_the_readme_gpu_figures_are_the_rendering_of_the_committed_json():
+    # The README's GPU block is generated (`scripts/gpu-acceptance readme --from ...`), never edited by hand.
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- gpu_acceptance:begin -->\n", 1)[1].split("<!-- gpu_acceptance:end -->", 1)[0]
+    source = block.split("the JSON it returned is `", 1)[1].split("`", 1)[0]
+    report = json.loads((ROOT / source).read_text())
+    assert block == acceptance.figures_markdown(report, source)
+    assert report["machine"]["gpu"] and not report["dry_run"]

@@ -4,6 +4,7 @@
     scripts/gpu-acceptance                     # every step, JSON to gpu-acceptance.json ($OUT/ when set)
     scripts/gpu-acceptance --steps packing oom # some steps
     scripts/gpu-acceptance --dry-run           # the CPU rehearsal CI runs: tiny-llama, k = 1 and 2; JSON on stdout
+    scripts/gpu-acceptance readme --from benchmarks/results/gpu-acceptance-<date>.json  # README's GPU figures
 
 Steps (each timed; one failing is reported with its reason and the rest still run):
   check      CUDA is there; every package the acceptance imports loads, and the requirements of the carried
@@ -509,6 +510,59 @@ def step_oom(ctx: dict) -> dict:
             "wall_s": round(wall, 1), "ok": by_batch.get(big) == "out_of_memory" and by_batch.get(8) == "completed"}
 
 
+# ---------------------------------------------------------------------------------------------------- README
+
+def figures_markdown(report: dict, source: str) -> str:
+    """The README's GPU figures from one run's JSON (`source`: where that JSON is kept)."""
+    m, steps = report["machine"], report["steps"]
+    when = f" on {report['date']}" if "date" in report else ""
+    lines = [f"Measured{when} by `scripts/gpu-acceptance` on {m['gpu']} ({m['cpus']} CPU cores, torch {m['torch']}, "
+             f"Python {m['python']}); the JSON it returned is `{source}`. Failed steps: "
+             f"{', '.join(report['failed']) or 'none'}; not run: "
+             f"{', '.join(s for s in STEPS if s not in steps) or 'none'}.", ""]
+    pack = steps.get("packing")
+    if pack and pack.get("rows"):
+        lines += ["| model | trials at once (k) | aggregate pairs/s | vs k = 1 | slowest trial's training, s | "
+                  "peak allocated, MiB | estimate, MiB | estimate error |", "|---|---|---|---|---|---|---|---|"]
+        for r in pack["rows"]:
+            lines.append(f"| {r['model']} | {r['k']} | {r['aggregate_samples_per_s']} | {r['vs_k1']:.2f}x | "
+                         f"{r['slowest_train_s']} | {r['max_allocated_mib']} | {r['estimate_mib']['allocated']} | "
+                         f"{r['estimate_error']:+.0%} |")
+        lines += ["", f"Packing {pack['largest_k']} trials: "
+                  + ", ".join(f"{k} {v:.2f}x" for k, v in pack["largest_k_vs_k1"].items())
+                  + f" the aggregate of one (target {TARGETS['packing_k8_vs_k1']}); worst estimate error "
+                  f"{pack['worst_estimate_error']:.0%} (target: {TARGETS['estimate_error']}).", ""]
+    ref = steps.get("reference")
+    if ref and "per_trial_speedup" in ref:
+        lines += [f"Shared reference ({ref['model']}, medians of {ref['rounds']} interleaved rounds): a trial took "
+                  f"{ref['own_s']} s with TRL's per-step reference pass and {ref['shared_s']} s reading the shared "
+                  f"one (training alone {ref['own_train_s']} s vs {ref['shared_train_s']} s), which costs "
+                  f"{ref['precompute_s']} s once: {ref['per_trial_speedup']:.2f}x per trial, "
+                  f"{ref['sweep_speedup']:.2f}x for a {ref['sweep_trials']}-trial sweep (target "
+                  f"{TARGETS['reference_sweep_speedup']}).", ""]
+    sweep = steps.get("sweep")
+    if sweep and "wall_s" in sweep:
+        lines += [f"`dpo-sweep run {sweep['config']}` ({sweep['scheduler']}, gpu_per_trial {sweep['gpu_per_trial']}): "
+                  f"{sweep['wall_s']} s wall, {sweep['trials']} trials {sweep['statuses']}, planned "
+                  f"{sweep['planned_packing']!r}, at most {sweep['max_trials_at_once']} training at once.", ""]
+    oom = steps.get("oom")
+    if oom and "statuses" in oom:
+        lines += [f"Out of memory ({oom['source']}): batch {oom['oversized_batch']} beside batch 8 ended "
+                  f"{oom['statuses']}.", ""]
+    for name in report["failed"]:
+        err = steps[name].get("error", "")
+        lines.append(f"- `{name}` failed: {err.strip().splitlines()[-1][:300] if err else 'its targets were not met'}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_readme(json_path: Path, readme: Path) -> None:
+    from benchmarks.readme_block import replace_readme_block
+
+    text = figures_markdown(json.loads(json_path.read_text()), json_path.resolve().relative_to(ROOT).as_posix())
+    replace_readme_block(readme, "gpu_acceptance", text)
+    log(f"{readme}: the gpu_acceptance block rewritten from {json_path}")
+
+
 # ---------------------------------------------------------------------------------------------------- main
 
 def machine() -> dict:
@@ -526,8 +580,10 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__[__doc__.index("\n"):])
-    ap.add_argument("action", nargs="?", choices=["run", "install"], default="run",
-                    help="'install': the carried wheel groups into .gpu-site/; 'run' (default): the steps")
+    ap.add_argument("action", nargs="?", choices=["run", "install", "readme"], default="run",
+                    help="'install': the carried wheel groups into .gpu-site/; 'run' (default): the steps; "
+                         "'readme': rewrite README.md's GPU figures from --from JSON")
+    ap.add_argument("--from", dest="from_json", type=Path, help="readme: the JSON a GPU run returned")
     ap.add_argument("--dry-run", action="store_true", help="the CPU rehearsal: tiny-llama, k = 1 and 2, JSON on stdout")
     ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="which steps (default: all)")
     ap.add_argument("--out", type=Path, help="the JSON file (default: $OUT/gpu-acceptance.json, else "
@@ -536,6 +592,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.action == "install":
         install()
+        return
+    if args.action == "readme":
+        if not args.from_json:
+            ap.error("readme needs --from JSON (the file a GPU run returned, kept under benchmarks/results/)")
+        write_readme(args.from_json, ROOT / "README.md")
         return
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     from trainables.tiny_model import default_cache_dir
@@ -548,7 +609,8 @@ def main() -> None:
            "models": ["tiny-llama"] if dry else ["smollm2-135m", QWEN_SHAPED], "ks": [1, 2] if dry else [1, 2, 4, 8],
            "gpu_per_trial": 0 if dry else "auto", "gpu_per_trial_whole": 0 if dry else 1}
     out_path = args.out or (None if dry else Path(os.environ.get("OUT") or ".") / "gpu-acceptance.json")
-    report: dict[str, Any] = {"acceptance": "dpo-sweep gpu-acceptance", "dry_run": dry, "machine": machine(),
+    report: dict[str, Any] = {"acceptance": "dpo-sweep gpu-acceptance", "dry_run": dry,
+                              "date": time.strftime("%Y-%m-%d"), "machine": machine(),
                               "targets": TARGETS, "steps": {}, "failed": []}
     t_all = time.perf_counter()
     for name in args.steps:
