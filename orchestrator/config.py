@@ -143,4 +143,10 @@ def validate_sweep_config(raw: dict[str, Any], source: str | None = None) -> Swe
 
 def load_sweep_config(path: str | Path | None = None, overrides: list[str] = ()) -> SweepConfig:
     raw = read_yaml(path) if path is not None else {}
-    return validate_sweep_config(apply_overrides(raw, list(overrides)), source=str(path) if path is not None else None)
+    cfg = validate_sweep_config(apply_overrides(raw, list(overrides)), source=str(path) if path is not None else None)
+    ev = cfg.trial.evaluation
+    if ev.reward_funcs and ev.import_dir is None:
+        # A reward module kept where the sweep is started from (beside its YAML) must import in every trial,
+        # whose working directory Ray changes.
+        ev.import_dir = str(Path.cwd())
+    return cfg

@@ -250,7 +250,7 @@ def plan_gpu_packing(cfg: SweepConfig, space: dict[str, Any], gpu_bytes: int | N
 
 
 def check_metrics(cfg: SweepConfig) -> list[str]:
-    known = reported_metrics(has_probes=cfg.trial.data.builtin_task is not None)
+    known = reported_metrics(has_probes=cfg.trial.data.builtin_task is not None, evaluation=cfg.trial.evaluation)
     problems = []
     for name, value in (("search.metric", cfg.search.metric),
                         ("trial.reward_hacking.metric", cfg.trial.reward_hacking.metric)):
@@ -262,6 +262,21 @@ def check_metrics(cfg: SweepConfig) -> list[str]:
 def _max_value(space: dict[str, Any], key: str, default: Any) -> Any:
     values = [v for k, d in space.items() if resolve_param_key(k) == f"dpo.{key}" for v in candidate_values(d)]
     return max(values) if values else default
+
+
+def check_generation(cfg: SweepConfig, data) -> list[str]:
+    """The generation evaluation's prompts exist, and every reward function loads and scores two held-out rows
+    (one number or None each) before any trial starts."""
+    from trainables.config import ConfigError
+    from trainables.generation import load_rewards, select_prompts, smoke_test_rewards
+
+    ev = cfg.trial.evaluation
+    try:
+        rows = select_prompts(data.eval_full, ev.num_prompts)
+        rewards = load_rewards(ev, device="cpu", conversational=data.conversational)
+    except ConfigError as e:
+        return [f"trial.{p}" for p in e.problems]
+    return [f"trial.{p}" for p in smoke_test_rewards(rewards, rows, data.conversational)]
 
 
 def check_data_and_model(cfg: SweepConfig, space: dict[str, Any], log):
@@ -289,7 +304,7 @@ def check_data_and_model(cfg: SweepConfig, space: dict[str, Any], log):
     reports = _max_value(space, "reports_per_epoch", d.reports_per_epoch)
     epochs = _max_value(space, "num_train_epochs", d.num_train_epochs)
     steps_per_epoch = math.ceil(math.ceil(n / batch) / accum)
-    problems = []
+    problems = check_generation(cfg, data)
     if steps_per_epoch < reports:
         problems.append(f"trial.dpo.reports_per_epoch: {reports} reports per epoch, but with {n} training rows, "
                         f"batch {batch} and accumulation {accum} an epoch has {steps_per_epoch} optimizer steps; "

@@ -20,7 +20,7 @@ from trainables.reference import META, SharedReference, read_shared, reference_k
 
 # Trial fields whose change changes token ids or reference log-probs: sweeping one of them means
 # trials cannot share one precomputed reference.
-KEY_FIELDS = ("model.", "data.", "dpo.max_length", "dpo.truncation_mode", "cache_dir")
+KEY_FIELDS = ("model.", "data.", "dpo.max_length", "dpo.truncation_mode", "cache_dir", "evaluation.")
 
 
 def reference_cache_root(cfg: SweepConfig) -> Path:
@@ -42,6 +42,7 @@ def build_shared_reference(spec: TrialSpec, cache_root: str | Path, log=print) -
     import datasets
 
     from trainables.data import load_preference_data
+    from trainables.generation import shared_entry
     from trainables.model import load_tokenizer, resolve_model_path
     from trainables.trainer import build_trainer
 
@@ -62,14 +63,16 @@ def build_shared_reference(spec: TrialSpec, cache_root: str | Path, log=print) -
         ref_spec = spec.model_copy(deep=True)
         ref_spec.dpo.precompute_ref_log_probs = True
         ref_spec.output_dir = str(tmp / "unused-output")
-        trainer, _, _ = build_trainer(ref_spec, lambda m, c: None, log=log, data=data)
+        trainer, _, callback = build_trainer(ref_spec, lambda m, c: None, log=log, data=data)
+        callback.generation.set_reference(trainer.model)  # a fresh adapter is the identity: the reference model
         columns = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
         for split, ds in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
             datasets.Dataset.from_dict({c: ds[c] for c in columns}).save_to_disk(str(tmp / split))
         seconds = time.perf_counter() - start
         meta = {"key": key, "parts": parts, "probes": data.probes, "description": data.description,
                 "conversational": data.conversational, "dropped": data.dropped, "train_rows": trainer.train_dataset.num_rows,
-                "eval_rows": trainer.eval_dataset.num_rows, "seconds": round(seconds, 3)}
+                "eval_rows": trainer.eval_dataset.num_rows, "seconds": round(seconds, 3),
+                "generation": shared_entry(callback.generation)}
         shutil.rmtree(tmp / "unused-output", ignore_errors=True)
         (tmp / META).write_text(json.dumps(meta, indent=2))
         try:

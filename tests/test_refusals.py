@@ -78,6 +78,27 @@ CASES = [
      {"sweep.yaml": SWEEP}),
     ("a scheduler that does not exist", ["validate", "sweep.yaml", "--set", "scheduler.kind=hyperband"],
      {"sweep.yaml": SWEEP}),
+    ("more generation prompts than held-out rows",
+     ["validate", "sweep.yaml", "--set", "trial.evaluation.num_prompts=64"], {"sweep.yaml": SWEEP}),
+    ("a reward function that cannot be imported",
+     ["validate", "sweep.yaml", "--set", "trial.evaluation.reward_funcs=[no_such_rewards:score]"],
+     {"sweep.yaml": SWEEP}),
+    ("a reward function that is not callable",
+     ["validate", "sweep.yaml", "--set", "trial.evaluation.reward_funcs=[rewards_const:score]"],
+     {"sweep.yaml": SWEEP, "rewards_const.py": "score = 3\n"}),
+    ("a reward function that raises",
+     ["validate", "sweep.yaml", "--set", "trial.evaluation.reward_funcs=[rewards_boom:score]"],
+     {"sweep.yaml": SWEEP, "rewards_boom.py": "def score(prompts, completions, **kw):\n    return 1 / 0\n"}),
+    ("a reward function that returns the wrong number of scores",
+     ["validate", "sweep.yaml", "--set", "trial.evaluation.reward_funcs=[rewards_short:score]"],
+     {"sweep.yaml": SWEEP, "rewards_short.py": "def score(prompts, completions, **kw):\n    return [1.0]\n"}),
+    ("a reward function that returns text",
+     ["validate", "sweep.yaml", "--set", "trial.evaluation.reward_funcs=[rewards_text:score]"],
+     {"sweep.yaml": SWEEP,
+      "rewards_text.py": "def score(prompts, completions, **kw):\n    return ['good' for _ in completions]\n"}),
+    ("a reward model that is not a sequence classifier",
+     ["validate", "sweep.yaml", "--set", "trial.evaluation.reward_funcs=[./lm]"],
+     {"sweep.yaml": SWEEP, "lm/config.json": '{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}'}),
     ("`resume` of a sweep that does not exist", ["resume", "no-such-sweep"], {}),
     ("`sync-mlflow` of a directory that is no sweep", ["sync-mlflow", "."], {}),
 ]
@@ -106,7 +127,8 @@ def run_case(argv: list[str], files: dict[str, str], cwd: Path, cache: str) -> t
             os.environ.pop("DPO_SWEEP_CACHE", None)
         else:
             os.environ["DPO_SWEEP_CACHE"] = old_cache
-    return code, err.getvalue().replace(f"{cwd}/", "")  # paths as the user gave them, not this run's temp dir
+    # Paths as the user gave them, not this run's temp dir (which is the case's working directory).
+    return code, err.getvalue().replace(f"{cwd}/", "").replace(str(cwd), ".")
 
 
 def message(stderr: str) -> str:

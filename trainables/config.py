@@ -242,6 +242,29 @@ class RewardHackingSettings(StrictModel):
     action: Literal["flag", "stop"] = Field("flag", description="'flag' tags the trial; 'stop' also ends it.")
 
 
+class EvaluationSettings(StrictModel):
+    """What the model generates, judged at every report (`trainables.generation`): greedy completions to the
+    first `num_prompts` held-out prompts, beside the reference model's completions to the same prompts."""
+
+    num_prompts: int = Field(16, ge=1, description="Held-out prompts (the first of the eval split) completed "
+                             "greedily at every report; at most the eval split's size.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Tokens a completion may run to; default 1.5x the "
+                                       "longest chosen or rejected completion of those prompts, at most "
+                                       "max_new_tokens_cap.")
+    max_new_tokens_cap: int = Field(256, ge=1, description="Upper bound of the default max_new_tokens.")
+    ngram: int = Field(3, ge=1, description="n of gen_repeat_ngram_rate: the share of a completion's token "
+                       "n-grams that repeat an earlier one of the same completion.")
+    reward_funcs: list[str] = Field(
+        [], description="Reward functions in TRL's GRPO contract, each 'package.module:function' (called with "
+                        "prompts=, completions=, completion_ids=, and the eval rows' other columns; returns one "
+                        "float or None per completion; a module beside the sweep YAML is importable) or a "
+                        "sequence-classification reward model (hub id or local directory). Each reports "
+                        "eval_reward_<name> and eval_win_rate_<name> (against the reference's completions).")
+    reward_batch_size: int = Field(16, ge=1, description="Completions per forward pass of a reward model.")
+    import_dir: str | None = Field(None, description="Directory put first on the import path to find "
+                                   "reward_funcs' modules; set to the directory the sweep was started from.")
+
+
 class TrialSpec(StrictModel):
     """Everything one trial needs; saved beside its results so it can be re-run alone."""
 
@@ -251,6 +274,8 @@ class TrialSpec(StrictModel):
     dpo: DPOSettings = Field(default_factory=DPOSettings, description="The DPO knobs a sweep searches, and the rest.")
     reward_hacking: RewardHackingSettings = Field(default_factory=RewardHackingSettings,
                                                   description="When a trial is flagged (or stopped).")
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings,
+                                           description="What the model generates, judged at every report.")
     output_dir: str = Field("dpo-sweep-output/trial", description="Where checkpoints go (made absolute).")
     cache_dir: str | None = Field(None, description="Built-in model cache; default ~/.cache/dpo-sweep.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk by the trial.")

@@ -57,6 +57,9 @@ class PreferenceData:
     probes: list[tuple[Any, str]] = field(default_factory=list)
     conversational: bool = False
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped (drop_invalid)
+    # The first held-out rows with every column they have: the generation evaluation's prompts, and the keyword
+    # arguments its reward functions get (trainables.generation).
+    eval_full: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
 
     def dropped_text(self) -> str:
@@ -279,6 +282,9 @@ def _split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], li
     return [r for i, r in enumerate(rows) if i not in eval_idx], [r for i, r in enumerate(rows) if i in eval_idx]
 
 
+EVAL_FULL_ROWS = 1024  # held-out rows kept whole: more than any generation evaluation completes
+
+
 def _only_columns(rows: list[dict]) -> list[dict]:
     return [{c: r[c] for c in COLUMNS} for r in rows]
 
@@ -340,4 +346,5 @@ def load_preference_data(settings: DataSettings, tokenizer=None, max_length: int
     if not train:
         raise DataError(f"{desc}: no valid training rows left")
     return PreferenceData(train=_only_columns(train), eval=_only_columns(eval_rows), probes=probes,
-                          conversational=formats.pop(), dropped=dropped, description=desc)
+                          conversational=formats.pop(), dropped=dropped, description=desc,
+                          eval_full=[dict(r) for r in eval_rows[:EVAL_FULL_ROWS]])

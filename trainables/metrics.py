@@ -21,9 +21,13 @@ EVAL_METRICS = (
 ANSWER_METRICS = ("answer_exact_rate", "answer_valid_rate", "answer_length_tokens")
 
 
-def reported_metrics(has_probes: bool) -> set[str]:
-    """Names a sweep may rank or watch trials by."""
-    return set(EVAL_METRICS) | (set(ANSWER_METRICS) if has_probes else set())
+def reported_metrics(has_probes: bool, evaluation=None) -> set[str]:
+    """Names a sweep may rank or watch trials by; `evaluation` (EvaluationSettings) adds the generation
+    evaluation's health metrics and each reward function's eval_reward_<name> / eval_win_rate_<name>."""
+    from trainables.generation import reported_names
+
+    gen = reported_names(evaluation) if evaluation is not None else set()
+    return set(EVAL_METRICS) | (set(ANSWER_METRICS) if has_probes else set()) | gen
 
 
 def clean_metric_name(key: str) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 from trainables.config import TrialSpec
 
 META = "meta.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the reference's completions of the generation prompts (trainables.generation)
 
 
 def _sha(obj: Any) -> str:
@@ -78,6 +78,8 @@ def reference_key_parts(spec: TrialSpec, model_path: str, tokenizer, train: list
         "data": data_fingerprint(train, eval_rows),
         "max_length": spec.dpo.max_length,
         "truncation_mode": spec.dpo.truncation_mode,
+        # The prompts, their length cap and the rewards the reference's completions were made and scored with.
+        "evaluation": spec.evaluation.model_dump(exclude={"import_dir"}),
         "libraries": {"trl": trl.__version__, "transformers": transformers.__version__,
                       "bitsandbytes": bitsandbytes.__version__, "torch": torch.__version__.split("+")[0]},
     }

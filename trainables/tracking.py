@@ -204,6 +204,7 @@ class TrialRunLogger:
         self.run_id: str | None = None
         self.outages = 0
         self._steps: set[int] = set()
+        self._tables: set[tuple[str, int]] = set()
         self._thread = threading.Thread(target=self._loop, name="mlflow-trial-logger", daemon=True)
         self._thread.start()
 
@@ -215,6 +216,11 @@ class TrialRunLogger:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self._put(("text", text, artifact_file))
+
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str, step: int) -> None:
+        """Rows appended to the run's table `artifact_file` (MLflow's UI shows it under Evaluation / Artifacts);
+        one report's rows once per trial process."""
+        self._put(("table", rows, artifact_file, step))
 
     def _put(self, op) -> None:
         with self._cv:
@@ -244,6 +250,12 @@ class TrialRunLogger:
             client.set_tag(self.run_id, op[1], op[2])
         elif kind == "text":
             client.log_text(self.run_id, op[1], op[2])
+        elif kind == "table":
+            _, rows, artifact_file, step = op
+            if rows and (artifact_file, step) not in self._tables:
+                client.log_table(self.run_id, data={k: [r.get(k) for r in rows] for k in rows[0]},
+                                 artifact_file=artifact_file)
+                self._tables.add((artifact_file, step))
 
     def _loop(self) -> None:
         client = make_client(self._uri)

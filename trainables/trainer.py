@@ -163,7 +163,7 @@ class ReportCallback(TrainerCallback):
     step), the last train logs, and the reward-hacking monitor's verdict. A NaN or Inf ends the trial.
     """
 
-    def __init__(self, report: Report, spec: TrialSpec, probes, tokenizer, log=print):
+    def __init__(self, report: Report, spec: TrialSpec, probes, tokenizer, log=print, generation=None):
         from trainables.probes import probe_settings
         from trainables.reward_hacking import RewardHackingMonitor
 
@@ -178,6 +178,8 @@ class ReportCallback(TrainerCallback):
         self.last_checkpoint: str | None = None
         self.reference: dict[str, float] = {}
         self.tokens_per_step = 0.0  # set by build_trainer from the tokenized training set (`tokens_per_step`)
+        self.generation = generation  # trainables.generation.GenerationEval, or None
+        self.completions: list[dict[str, Any]] = []  # this report's completions table
         self.monitor = (RewardHackingMonitor(spec.reward_hacking, self.reports_per_epoch)
                         if spec.reward_hacking.enabled else None)
 
@@ -187,6 +189,8 @@ class ReportCallback(TrainerCallback):
         path = Path(checkpoint_dir, STATE_FILE)
         saved = json.loads(path.read_text()) if path.is_file() else {}
         self.reference = saved.get("reference", {})
+        if self.generation is not None and saved.get("generation_reference"):
+            self.generation.load_reference(saved["generation_reference"])
         if self.monitor and "reward_hacking" in saved:
             self.monitor = RewardHackingMonitor.from_state(self.spec.reward_hacking, saved["reward_hacking"])
 
@@ -208,6 +212,13 @@ class ReportCallback(TrainerCallback):
                     quality = self.probe(model)
             self.reference = {REFERENCE_PREFIX + k: v for k, v in quality.items()}
             self.log("[trial] reference model: " + ", ".join(f"{k} {v:.3g}" for k, v in quality.items()))
+        # The reference's completions of the generation prompts: made once (here, or by the shared reference).
+        if self.generation is not None and model is not None and self.generation.reference is None:
+            if state.global_step == 0:
+                self.generation.set_reference(model)
+            else:
+                with model.disable_adapter():
+                    self.generation.set_reference(model)
 
     def on_step_end(self, args, state, control, **kw):
         if state.global_step in self.steps:
@@ -227,6 +238,10 @@ class ReportCallback(TrainerCallback):
             m.update(self.probe(model))
         if eval_dataloader is not None:
             m.update(reference_divergence(model, eval_dataloader))
+        if self.generation is not None:
+            gen, self.completions = self.generation.evaluate(model, state.global_step)
+            m.update(gen)
+            m.update(self.generation.reference_metrics())
         self.evaluated = m
 
     def on_save(self, args, state, control, **kw):
@@ -240,6 +255,11 @@ class ReportCallback(TrainerCallback):
         if non_finite:
             control.should_training_stop = True
         saved = {"reference": self.reference}
+        if self.generation is not None:
+            saved["generation_reference"] = self.generation.reference
+            from trainables.generation import TABLE_FILE
+
+            Path(ckpt, TABLE_FILE).write_text(json.dumps(self.completions))
         if self.monitor:
             metrics.update(self.monitor.update(metrics))
             saved["reward_hacking"] = self.monitor.state()
@@ -279,6 +299,7 @@ def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_
         spec = spec.model_copy(deep=True)
         spec.dpo.precompute_ref_log_probs = True  # read from the dataset columns, never recomputed
     else:
+        meta = {}
         data = data or load_preference_data(spec.data, tokenizer, spec.dpo.max_length, spec.dpo.truncation_mode)
         train_ds, eval_ds = datasets.Dataset.from_list(data.train), datasets.Dataset.from_list(data.eval)
     if data.dropped:
@@ -286,7 +307,11 @@ def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_
     log(f"[trial] data: {data.description}; {train_ds.num_rows} train / {eval_ds.num_rows} eval pairs; "
         f"device {device}")
 
-    callback = ReportCallback(report, spec, data.probes, tokenizer, log=log)
+    from trainables.generation import build_generation_eval
+
+    generation = build_generation_eval(spec, tokenizer, data.eval_full, data.conversational, device, log=log,
+                                       shared=meta.get("generation") if shared_reference else None)
+    callback = ReportCallback(report, spec, data.probes, tokenizer, log=log, generation=generation)
     trainer = SweepDPOTrainer(
         model=model,
         args=build_dpo_config(spec, device),

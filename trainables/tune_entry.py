@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.config import TrialSpec, spec_with_params
+from trainables.generation import TABLE_FILE
 from trainables.tracking import FLAG_TAG, TrialRunLogger, open_trial_run, trial_run_fields
 
 
@@ -70,6 +71,9 @@ def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
             flagged = True
             tracker.set_tag(FLAG_TAG, f"flagged at step {metrics['step']} by {metrics['reward_hack_signal']}: "
                                       f"{metrics['reward_hack_detail']}")
+        table = Path(checkpoint_dir, TABLE_FILE) if checkpoint_dir else None
+        if table is not None and table.is_file():  # the generation evaluation's completions at this report
+            tracker.log_table(json.loads(table.read_text()), TABLE_FILE, step=int(metrics["step"]))
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         # The node rides along in Ray's results (Ray records the pid itself): a run the driver creates later
         # from those results carries the same tags as one the trial opened.
@@ -78,10 +82,10 @@ def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
     try:
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
-            run_trial(spec, report, log=lambda *_: None, shared_reference=context.shared_reference)
+            run_trial(spec, report, log=_worker_log, shared_reference=context.shared_reference)
         else:
             with checkpoint.as_directory() as d:
-                run_trial(spec, report, resume_from=d, log=lambda *_: None,
+                run_trial(spec, report, resume_from=d, log=_worker_log,
                           shared_reference=context.shared_reference)
     finally:
         left = tracker.close(timeout=context.tracking_flush_s)
