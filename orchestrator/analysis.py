@@ -11,6 +11,7 @@ point in training and is not comparable. Ties go to the smaller drift from the r
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ class SweepAnalysis:
     plots: dict[str, Path] = field(default_factory=dict)
     table_path: Path | None = None
     reports: list[Path] = field(default_factory=list)  # report.html, report.md once written
+    # What the trials generate, side by side: (label, trial, completions rows of its best checkpoint)
+    completions: list[tuple[str, str, list[dict[str, Any]]]] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -137,6 +140,31 @@ def findings(table: pd.DataFrame, params: list[str], max_abs_logratio: float | N
     return out
 
 
+def completion_examples(records: list[TrialRecord], table: pd.DataFrame, best: dict[str, Any] | None,
+                        ) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """The completions (trainables.generation) of the best trial and of the trial whose generations the
+    reference model found least plausible (highest gen_ref_nll_per_token at its last report), each from its
+    best checkpoint where that is on a local disk."""
+    from trainables.generation import TABLE_FILE
+
+    def rows_of(trial: str) -> list[dict[str, Any]]:
+        rec = next((r for r in records if r.trial_id == trial), None)
+        path = Path(rec.best_checkpoint, TABLE_FILE) if rec is not None and rec.best_checkpoint else None
+        try:
+            return json.loads(path.read_text()) if path is not None and path.is_file() else []
+        except (OSError, ValueError):
+            return []
+
+    out = []
+    if best is not None and rows_of(best["trial"]):
+        out.append(("best trial", best["trial"], rows_of(best["trial"])))
+    if "gen_ref_nll_per_token" in table and table["gen_ref_nll_per_token"].notna().any():
+        worst = table.loc[table["gen_ref_nll_per_token"].idxmax(), "trial"]
+        if (best is None or worst != best["trial"]) and rows_of(worst):
+            out.append(("least plausible generations (highest gen_ref_nll_per_token)", worst, rows_of(worst)))
+    return out
+
+
 def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
             max_abs_logratio: float | None = None, cost: SweepCost | None = None) -> SweepAnalysis:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -157,4 +185,5 @@ def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
         table=table, metric=metric, mode=mode, best=best, knobs=knobs, sweet_spot=spot, anova=anova,
         sensitivity=stats.sensitivity(table, metric, knobs) if knobs else [], recommendation=advice,
         findings=findings(table, sorted({k for r in records for k in r.params}), max_abs_logratio), cost=cost,
-        plots=plots.draw_all(records, table, knobs, metric, marked, anova, out_dir), table_path=table_path)
+        plots=plots.draw_all(records, table, knobs, metric, marked, anova, out_dir), table_path=table_path,
+        completions=completion_examples(records, table, best) if len(table) else [])

@@ -24,7 +24,8 @@ DIVERGED, OUT_OF_MEMORY = "diverged", "out_of_memory"
 OOM_MARKERS = ("TrialOutOfMemory", "OutOfMemoryError", "CUDA out of memory")
 # Metrics the results table shows beside the ranked one.
 EXTRA_RESULT_METRICS = ("eval_rewards_accuracies", "answer_exact_rate", "answer_length_tokens", "eval_logps_chosen",
-                        "eval_abs_logratio", "eval_loss")
+                        "eval_abs_logratio", "eval_loss", "gen_truncation_rate", "gen_length_ratio",
+                        "gen_repeat_ngram_rate", "gen_ref_nll_per_token", "gen_kl")
 # Bookkeeping columns of the results table: with the metrics, what is not a knob.
 BOOKKEEPING = frozenset({"trial", "status", "reports", "steps", "seconds", "reward_hacking"})
 

@@ -74,6 +74,23 @@ def _sections(analysis: SweepAnalysis) -> list[tuple[str, str]]:
     return out
 
 
+EXAMPLES = 4  # held-out prompts shown side by side
+
+
+def _completion_rows(analysis: SweepAnalysis) -> tuple[list[str], list[list[str]]]:
+    """Prompt | reference | each shown trial's completion, for the first EXAMPLES prompts."""
+    if not analysis.completions:
+        return [], []
+    header = ["prompt", "reference"] + [f"{label} ({trial}, step {rows[0]['step']})"
+                                        for label, trial, rows in analysis.completions]
+    first = analysis.completions[0][2]
+    rows = []
+    for i in range(min(EXAMPLES, len(first))):
+        rows.append([first[i]["prompt"][-300:], first[i]["reference"]]
+                    + [r[i]["policy"] if i < len(r) else "" for _, _, r in analysis.completions])
+    return header, rows
+
+
 def write_report(analysis: SweepAnalysis, out_dir: Path, title: str, context: dict[str, str]) -> tuple[Path, Path]:
     """report.html and report.md in `out_dir`; `context`: label -> value lines (MLflow run, paths)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +105,10 @@ def write_report(analysis: SweepAnalysis, out_dir: Path, title: str, context: di
         md += [f"## {heading}", "", text.replace("\n", "\n\n"), ""]
         if heading == "Interaction (ANOVA)" and anova_rows:
             md += [_markdown_table(anova_header, anova_rows), ""]
+    gen_header, gen_rows = _completion_rows(analysis)
+    if gen_rows:
+        md += ["## What the trials generate", "", _markdown_table(gen_header, [[c.replace("\n", " ") for c in r]
+                                                                          for r in gen_rows]), ""]
     md += ["## Plots", ""]
     md += [f"![{name}]({path.name})\n\n{PLOT_CAPTIONS[name]}\n" for name, path in plots]
     md += ["## Results", "", _markdown_table(header, rows), ""]
@@ -103,6 +124,10 @@ def write_report(analysis: SweepAnalysis, out_dir: Path, title: str, context: di
         parts.append(f"<h2>{html.escape(heading)}</h2>{paras}")
         if heading == "Interaction (ANOVA)" and anova_rows:
             parts.append(_html_table(anova_header, anova_rows))
+    if gen_rows:
+        parts += ["<h2>What the trials generate</h2>", "<p>Greedy completions of held-out prompts at the trials' "
+                  "best checkpoints, beside the reference model's (MLflow keeps every report's in each trial's "
+                  "completions.json table).</p>", _html_table(gen_header, gen_rows)]
     parts.append("<h2>Plots</h2>")
     for name, path in plots:
         data = base64.b64encode(Path(path).read_bytes()).decode()
@@ -113,7 +138,7 @@ def write_report(analysis: SweepAnalysis, out_dir: Path, title: str, context: di
     parts.append("</ul>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;"
-             "text-align:right}th{background:#f3f3f3}img{max-width:100%}figure{margin:1.5em 0}"
+             "text-align:right;white-space:pre-wrap}th{background:#f3f3f3}img{max-width:100%}figure{margin:1.5em 0}"
              "figcaption{color:#555;font-size:13px}.meta{color:#666}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")

@@ -143,3 +143,27 @@ def test_best_follows_the_mode(tmp_path):
         r.history["eval_loss"] = r.history["eval_rewards_accuracies"]
     table = analyze(recs, "eval_loss", "min", tmp_path).table.set_index("trial")
     assert table.loc["a", "best_eval_loss"] == 0.5 and table.loc["b", "best_eval_loss"] == 0.8
+
+
+def test_the_report_shows_the_best_and_the_least_plausible_trials_completions_side_by_side(tmp_path):
+    import json
+
+    from orchestrator.report import write_report
+
+    def rec(tid, acc, nll):
+        ckpt = tmp_path / tid / "checkpoint_000003"
+        ckpt.mkdir(parents=True)
+        (ckpt / "completions.json").write_text(json.dumps(
+            [{"step": 40, "prompt": f"Q{i}", "reference": f"ref {i}", "policy": f"{tid} says {i}"} for i in range(6)]))
+        r = record(tid, {"a": 0.1, "b": 0.5, "c": 0.1}[tid], {"a": 1e-4, "b": 1e-4, "c": 1e-3}[tid], [acc] * 4)
+        r.history["gen_ref_nll_per_token"] = nll
+        r.best_checkpoint = str(ckpt)
+        return r
+
+    a = analyze([rec("a", 0.9, 0.5), rec("b", 0.7, 0.6), rec("c", 0.8, 4.0)], "eval_rewards_accuracies", "max",
+                tmp_path / "analysis")
+    assert [(label.split(" ")[0], trial) for label, trial, _ in a.completions] == [("best", "a"), ("least", "c")]
+    _, md = write_report(a, tmp_path / "analysis", "t", {})
+    text = md.read_text()
+    assert "## What the trials generate" in text and "| Q0 | ref 0 | a says 0 | c says 0 |" in text
+    assert "Q4" not in text  # the first four prompts only

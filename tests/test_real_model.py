@@ -195,3 +195,45 @@ def test_default_flag_spares_a_healthy_real_trial_and_names_the_signal_on_a_dest
     assert destroyed[-1]["eval_rewards_accuracies"] < 0.5
     assert destroyed[-1]["reward_hack_flag"] == 1 and destroyed[-1]["reward_hack_signal"] == signal
     assert f"REWARD-HACKING FLAG ({signal})" in printed
+
+
+CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Germany": "Berlin",
+            "Egypt": "Cairo", "Canada": "Ottawa", "Russia": "Moscow", "Greece": "Athens", "Peru": "Lima",
+            "Norway": "Oslo", "Kenya": "Nairobi", "Cuba": "Havana", "Chile": "Santiago", "Austria": "Vienna",
+            "Poland": "Warsaw"}
+
+CAPITAL_REWARD = """\
+def names_the_capital(prompts, completions, capital, **kwargs):
+    return [float(cap.lower() in c[0]["content"].lower()) for c, cap in zip(completions, capital)]
+"""
+
+
+def test_generation_evaluation_on_unseen_conversational_data_with_a_local_reward(smollm2_cache, tmp_path,
+                                                                                  monkeypatch):
+    # Chat-form pairs the project has never seen (the capital in a sentence preferred to a refusal), a reward
+    # function in a module beside the data, every evaluation default but the prompt count.
+    rows = []
+    for country, capital in CAPITALS.items():
+        for ask in ("What is the capital of {}?", "Name the capital city of {}.", "Which city is {}'s capital?"):
+            rows.append({"prompt": [{"role": "user", "content": ask.format(country)}],
+                         "chosen": [{"role": "assistant", "content": f"The capital of {country} is {capital}."}],
+                         "rejected": [{"role": "assistant", "content": "I am not sure, sorry."}],
+                         "capital": capital})
+    data = tmp_path / "capitals.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "capital_rewards.py").write_text(CAPITAL_REWARD)
+    monkeypatch.syspath_prepend(str(user))
+    spec = real_spec(smollm2_cache, tmp_path / "out", data={"source": str(data), "eval_fraction": 0.25},
+                     evaluation={"num_prompts": 8, "reward_funcs": ["capital_rewards:names_the_capital"],
+                                 "import_dir": str(user)})
+    reports = []
+    run_trial(spec, lambda m, c: reports.append((m, c)), log=quiet)
+    m, ckpt = reports[-1]
+    assert 0 <= m["eval_win_rate_names_the_capital"] <= 1 and 0 <= m["eval_reward_names_the_capital"] <= 1
+    assert m["ref_gen_length_tokens"] > 1 and m["gen_ref_nll_per_token"] > 0
+    table = json.loads((tmp_path / "out").joinpath(ckpt, "completions.json").read_text())
+    # Completions went through SmolLM2's chat template and stop at its end of turn.
+    assert all("<|im_start|>assistant" in r["prompt"] for r in table)
+    assert sum(r["policy_truncated"] for r in table) <= len(table) and any(r["reference"].strip() for r in table)

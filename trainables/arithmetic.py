@@ -117,3 +117,21 @@ def score_answer(generated: str, right: str) -> tuple[bool, bool]:
     """(exact, valid): exact = the reply's last number is the right sum; valid = the reply states a number."""
     numbers = _NUMBER.findall(generated)
     return bool(numbers) and numbers[-1] == right, bool(numbers)
+
+
+_QUESTION = re.compile(r"What is (-?\d+) \+ (-?\d+)\?")
+
+
+def exact_answer(prompts, completions, **kwargs) -> list[float | None]:
+    """The task's answer checker as a reward function in TRL's GRPO contract (`evaluation.reward_funcs:
+    [trainables.arithmetic:exact_answer]`): 1.0 where the reply's last number is the sum the prompt asks for,
+    else 0.0; None for a prompt that is not one of this task's questions. The same check as the probes'
+    `answer_exact_rate` (`score_answer`), on the held-out pairs' prompts."""
+    scores: list[float | None] = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        text = prompt if isinstance(prompt, str) else " ".join(m["content"] for m in prompt)
+        reply = completion if isinstance(completion, str) else " ".join(m["content"] for m in completion)
+        asked = _QUESTION.search(text)
+        scores.append(None if asked is None else
+                      float(score_answer(reply, str(int(asked[1]) + int(asked[2])))[0]))
+    return scores

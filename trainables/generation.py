@@ -15,6 +15,7 @@ Label-free health, in every report (no answer key needed):
     gen_repeat_ngram_rate   share of a completion's token n-grams that repeat an earlier one (loops, stutter)
     gen_ref_nll_per_token   the reference model's negative log-likelihood per token of the policy's completions:
                             text the base model finds implausible (gibberish, broken syntax) scores high
+    gen_seconds             what this evaluation cost (generation, scoring, rewards), for its share of the trial
     gen_kl, gen_kl_per_token  a sampled estimate of KL(policy || reference): mean over one sampled completion
                             per prompt (temperature 1) of sum log pi - log pi_ref over its tokens, and per token
 
@@ -27,8 +28,10 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,7 +205,8 @@ class Reward:
 
 def _import_callable(spec: str, import_dir: str | None) -> Callable:
     module_name, _, attr = spec.partition(":")
-    if import_dir and import_dir not in sys.path:
+    import_dir = import_dir or os.getcwd()  # `dpo-sweep trial` in the user's directory; sweeps set it (config)
+    if import_dir not in sys.path:
         sys.path.insert(0, import_dir)
     try:
         module = importlib.import_module(module_name)
@@ -366,6 +370,7 @@ class GenerationEval:
         disabled the reference)."""
         if self.reference is None:
             raise RuntimeError("GenerationEval.evaluate before the reference's completions were made")
+        start = time.perf_counter()
         greedy = generate(model, self.tokenizer, self.texts, self.max_new_tokens, self.batch_size)
         sampled = generate(model, self.tokenizer, self.texts, self.max_new_tokens, self.batch_size, sample=True,
                            seed=step)
@@ -390,6 +395,7 @@ class GenerationEval:
                 pairs = [(a, b) for a, b in zip(scores, ref_scores, strict=True) if a is not None and b is not None]
                 if pairs:
                     m[f"eval_win_rate_{name}"] = _mean(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs)
+        m["gen_seconds"] = time.perf_counter() - start  # this evaluation's cost: generation, scoring, rewards
         table = []
         for i, row in enumerate(self.rows):
             entry = {"step": step, "prompt": self.texts[i], "reference": self.reference["texts"][i],
