@@ -246,8 +246,9 @@ class EvaluationSettings(StrictModel):
     """What the model generates, judged at every report (`trainables.generation`): greedy completions to the
     first `num_prompts` held-out prompts, beside the reference model's completions to the same prompts."""
 
-    num_prompts: int = Field(16, ge=1, description="Held-out prompts (the first of the eval split) completed "
-                             "greedily at every report; at most the eval split's size.")
+    num_prompts: int | None = Field(None, ge=1, description="Held-out prompts (the first of the eval split) "
+                                    "completed greedily at every report; default 16, or the whole eval split "
+                                    "where it is smaller. A number larger than the eval split is refused.")
     max_new_tokens: int | None = Field(None, ge=1, description="Tokens a completion may run to; default 1.5x the "
                                        "longest chosen or rejected completion of those prompts, at most "
                                        "max_new_tokens_cap.")

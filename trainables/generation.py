@@ -66,9 +66,17 @@ def completion_text(completion: Any) -> str:
     return str(completion)
 
 
-def select_prompts(eval_rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """The first `n` held-out rows: the prompts every report completes, with their other columns (the keyword
-    arguments of the reward functions)."""
+DEFAULT_PROMPTS = 16
+
+
+def select_prompts(eval_rows: list[dict[str, Any]], n: int | None) -> list[dict[str, Any]]:
+    """The first `n` held-out rows (None: DEFAULT_PROMPTS, or all where fewer): the prompts every report
+    completes, with their other columns (the keyword arguments of the reward functions)."""
+    if not eval_rows:
+        raise ConfigError(["evaluation: the eval split is empty; the generation evaluation needs held-out prompts "
+                           "(data.eval_fraction or data.eval_source)"])
+    if n is None:
+        n = min(DEFAULT_PROMPTS, len(eval_rows))
     if n > len(eval_rows):
         raise ConfigError([f"evaluation.num_prompts: {n} prompts asked for but the eval split has "
                            f"{len(eval_rows)} rows; lower it to at most {len(eval_rows)} or give more eval rows "
