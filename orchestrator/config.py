@@ -93,7 +93,9 @@ class TrackingSettings(StrictModel):
 
 
 class StorageSettings(StrictModel):
-    path: str = Field("dpo-sweep-output", description="Ray results, checkpoints and analysis (local dir or URI).")
+    # validate_default: a YAML that never names storage still gets an absolute path (Ray refuses a relative one).
+    path: str = Field("dpo-sweep-output", validate_default=True,
+                      description="Ray results, checkpoints and analysis (local dir or URI).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints Ray keeps per trial (best by metric).")
 
     @field_validator("path")

@@ -385,11 +385,15 @@ def _confidence(sign: int, means: np.ndarray, score: np.ndarray, best: int, seco
         text.append("single trial per cell, no seeds: the confidence is from neighbours only" if not replicated
                     else "a single trial in this cell: the confidence is from neighbours only")
         gap = sign * (score[best] - score[second])
-        ratio = gap / spread if spread > 0 else math.inf
-        verdict = "a near tie" if ratio < 0.25 else ("a modest lead" if ratio < 1 else "a clear lead")
-        text.append(f"neighbourhood average {score[best]:.3g} against {score[second]:.3g} for the runner-up "
-                    f"({_where(up)}); the gap is {ratio:.2g}x the spread of the metric across the grid "
-                    f"(sd {spread:.2g}): {verdict}")
+        if spread <= 0 or gap <= 0:  # every trial scored the same: no lead at all, whatever the ratio says
+            text.append(f"neighbourhood average {score[best]:.3g}, the same as the runner-up's ({_where(up)}): "
+                        "the metric does not separate the trials, so this pick is arbitrary")
+        else:
+            ratio = gap / spread
+            verdict = "a near tie" if ratio < 0.25 else ("a modest lead" if ratio < 1 else "a clear lead")
+            text.append(f"neighbourhood average {score[best]:.3g} against {score[second]:.3g} for the runner-up "
+                        f"({_where(up)}); the gap is {ratio:.2g}x the spread of the metric across the grid "
+                        f"(sd {spread:.2g}): {verdict}")
     if win_rate is not None:
         text.append(f"it wins {win_rate:.0%} of {BOOTSTRAP_RESAMPLES} bootstrap resamples of the replicates")
     return "; ".join(text)

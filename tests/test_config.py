@@ -140,3 +140,14 @@ def test_output_dir_is_made_absolute():
 def test_shipped_trial_config_validates():
     spec = load_trial_spec(shipped_config("demo-trial.yaml"))
     assert spec.model.quantization == "nf4" and spec.data.source == "synthetic"
+
+
+def test_default_paths_are_absolute_when_the_yaml_never_names_them():
+    # A minimal sweep YAML (no storage section) once reached Ray with 'dpo-sweep-output', which it refuses.
+    from pathlib import Path
+
+    from orchestrator.config import validate_sweep_config
+    from trainables.config import TrialSpec
+
+    cfg = validate_sweep_config({"name": "minimal", "trial": {"data": {"source": "prefs.jsonl"}}})
+    assert Path(cfg.storage.path).is_absolute() and Path(TrialSpec().output_dir).is_absolute()

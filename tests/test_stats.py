@@ -223,3 +223,12 @@ def test_recommendation_reports_a_learning_rate_that_diverged_everywhere():
     s = stats.robust_sweet_spot(t, METRIC, "max", ["beta", "learning_rate"])
     text = stats.recommendation(t, METRIC, "max", ["beta", "learning_rate"], s)
     assert "Learning rate at or above 0.01 diverged in every trial." in text
+
+
+def test_a_metric_that_scores_every_trial_the_same_is_no_clear_lead():
+    # Seen as a new user: a win rate of 0.5 in every trial (policy and reference tied everywhere) was called
+    # "the gap is infx the spread: a clear lead".
+    t = grid(lambda i, j: 0.5, reps=1, sd=0.0)
+    s = stats.robust_sweet_spot(t, METRIC, "max", ["beta", "learning_rate"])
+    text = stats.recommendation(t, METRIC, "max", ["beta", "learning_rate"], s, None)
+    assert "does not separate the trials" in text and "clear lead" not in text and "inf" not in text

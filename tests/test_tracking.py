@@ -189,3 +189,34 @@ def test_a_step_repeated_after_a_restart_keeps_its_first_value_in_mlflow_and_in_
     sync_trial_runs(client, exp, parent, [rec], base)
     logged = {m.step: m.value for m in client.get_metric_history(logger.run_id, "eval_rewards_accuracies")}
     assert logged == dict(zip(rec.history["step"], rec.history["eval_rewards_accuracies"], strict=True))
+
+
+def test_tables_are_appended_per_report_and_one_mlflow_cannot_write_does_not_hold_up_the_metrics(
+        store, monkeypatch):
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    uri, client, exp, parent = store
+    messages = []
+    logger = TrialRunLogger(uri, open_run=lambda c: open_trial_run(c, exp, parent, "t4", "t4", {}, {}),
+                            retry_s=0.01, log=messages.append)
+    rows = [{"step": 4, "prompt": "p", "reference": "r", "policy": "x", "reward_a": None}]
+    logger.log_table(rows, "completions.json", step=4)
+    logger.log_table([{**rows[0], "step": 8, "reward_a": 1.0}], "completions.json", step=8)
+    logger.log_table(rows, "completions.json", step=4)  # a repeated report: not appended twice
+    real = MlflowClient.log_table
+
+    def broken(self, run_id, data, artifact_file):
+        if data["step"][0] == 12:
+            raise MlflowException("Failed to save the table as the data is not JSON serializable")
+        return real(self, run_id, data=data, artifact_file=artifact_file)
+
+    monkeypatch.setattr(MlflowClient, "log_table", broken)
+    logger.log_table([{**rows[0], "step": 12}], "completions.json", step=12)
+    logger.log_metrics({"step": 12, "eval_loss": 0.5}, step=12)
+    assert logger.close(timeout=30) == 0
+    assert [m.step for m in client.get_metric_history(logger.run_id, "eval_loss")] == [12]
+    assert any("dropped a table call" in m for m in messages)
+    table = json.loads(open(client.download_artifacts(logger.run_id, "completions.json")).read())
+    assert [r[table["columns"].index("step")] for r in table["data"]] == [4, 8]

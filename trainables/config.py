@@ -277,7 +277,8 @@ class TrialSpec(StrictModel):
                                                   description="When a trial is flagged (or stopped).")
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings,
                                            description="What the model generates, judged at every report.")
-    output_dir: str = Field("dpo-sweep-output/trial", description="Where checkpoints go (made absolute).")
+    output_dir: str = Field("dpo-sweep-output/trial", validate_default=True,
+                            description="Where checkpoints go (made absolute).")
     cache_dir: str | None = Field(None, description="Built-in model cache; default ~/.cache/dpo-sweep.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk by the trial.")
 
