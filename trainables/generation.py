@@ -380,19 +380,27 @@ class GenerationEval:
             raise RuntimeError("GenerationEval.evaluate before the reference's completions were made")
         start = time.perf_counter()
         greedy = generate(model, self.tokenizer, self.texts, self.max_new_tokens, self.batch_size)
-        sampled = generate(model, self.tokenizer, self.texts, self.max_new_tokens, self.batch_size, sample=True,
-                           seed=step)
-        policy_lp = completion_logps(model, self.tokenizer, self.texts, sampled.ids, self.batch_size)
+        try:
+            sampled = generate(model, self.tokenizer, self.texts, self.max_new_tokens, self.batch_size, sample=True,
+                               seed=step)
+        except RuntimeError as e:  # a diverged policy's probabilities are NaN: nothing to sample from
+            if "nan" not in str(e).lower() and "inf" not in str(e).lower():
+                raise
+            sampled = None
         with model.disable_adapter():
             ref_on_greedy = completion_logps(model, self.tokenizer, self.texts, greedy.ids, self.batch_size)
-            ref_on_sampled = completion_logps(model, self.tokenizer, self.texts, sampled.ids, self.batch_size)
+            ref_on_sampled = (completion_logps(model, self.tokenizer, self.texts, sampled.ids, self.batch_size)
+                              if sampled else None)
         m = self._health_of(greedy, ref_on_greedy)
         ref_len = self.reference["metrics"]["gen_length_tokens"]
         m["gen_length_ratio"] = m["gen_length_tokens"] / ref_len if ref_len else float("nan")
-        kl = [float((p - r).sum()) for p, r in zip(policy_lp, ref_on_sampled, strict=True)]
-        n_tok = sum(len(i) for i in sampled.ids)
-        m["gen_kl"] = _mean(kl)
-        m["gen_kl_per_token"] = sum(kl) / n_tok if n_tok else float("nan")
+        m["gen_kl"] = m["gen_kl_per_token"] = float("nan")  # NaN: the trial diverged (its report says so)
+        if sampled is not None:
+            policy_lp = completion_logps(model, self.tokenizer, self.texts, sampled.ids, self.batch_size)
+            kl = [float((p - r).sum()) for p, r in zip(policy_lp, ref_on_sampled, strict=True)]
+            n_tok = sum(len(i) for i in sampled.ids)
+            m["gen_kl"] = _mean(kl)
+            m["gen_kl_per_token"] = sum(kl) / n_tok if n_tok else float("nan")
         rewards = self._rewards(greedy, "policy")
         for name, scores in rewards.items():
             ref_scores = self.reference["rewards"].get(name)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from trainables import arithmetic, synthetic
+from trainables.generation import render_prompt
 
 Scorer = Callable[[str, str], tuple[bool, bool]]
 
@@ -26,13 +27,6 @@ def probe_settings(data) -> tuple[Scorer, int]:
         return arithmetic.score_answer, (64 if data.arithmetic.form == "long" else 16)
     # A synthetic answer is one word of at most 6 characters (one token each) plus a space.
     return synthetic.score_answer, 10
-
-
-def render_prompt(tokenizer, prompt: Any) -> str:
-    """A probe prompt as the model sees it: chat messages through the model's chat template."""
-    if isinstance(prompt, list):
-        return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-    return prompt
 
 
 @torch.no_grad()

@@ -212,9 +212,13 @@ class ReportCallback(TrainerCallback):
                     quality = self.probe(model)
             self.reference = {REFERENCE_PREFIX + k: v for k, v in quality.items()}
             self.log("[trial] reference model: " + ", ".join(f"{k} {v:.3g}" for k, v in quality.items()))
-        # The reference's completions of the generation prompts: made once (here, or by the shared reference).
+        self.ensure_generation_reference(model, state.global_step)
+
+    def ensure_generation_reference(self, model, step: int) -> None:
+        """The reference's completions of the generation prompts, made once (here before the first step, or by
+        the shared reference; read back from a checkpoint on resume)."""
         if self.generation is not None and model is not None and self.generation.reference is None:
-            if state.global_step == 0:
+            if step == 0:  # a fresh LoRA adapter (B = 0) is the identity: this is the reference
                 self.generation.set_reference(model)
             else:
                 with model.disable_adapter():
@@ -239,6 +243,7 @@ class ReportCallback(TrainerCallback):
         if eval_dataloader is not None:
             m.update(reference_divergence(model, eval_dataloader))
         if self.generation is not None:
+            self.ensure_generation_reference(model, state.global_step)  # an evaluation before any training
             gen, self.completions = self.generation.evaluate(model, state.global_step)
             m.update(gen)
             m.update(self.generation.reference_metrics())
