@@ -62,7 +62,7 @@ def markdown(experiment: Path) -> str:
     total = sum(float(r["last"]["time_total_s"]) for r in rows)
     per_report = pd.concat([r["history"]["gen_seconds"] for r in rows]).median()
     lines += ["", f"**Cost**: the generation evaluation took {gen:.0f} s of the trials' {total:.0f} s "
-              f"({gen / total:.0%}; median {per_report:.1f} s a report: greedy and sampled completions of 16 "
+              f"({gen / total:.1%}; median {per_report:.1f} s a report: greedy and sampled completions of 16 "
               "prompts, three scoring passes, the reward) on this 2-core CPU.", ""]
     worst = max(rows, key=lambda r: float(r["last"]["gen_ref_nll_per_token"]))
     best = max(rows, key=lambda r: float(r["last"].get("eval_reward_exact_answer", 0) or 0))

@@ -86,7 +86,7 @@ def _completion_rows(analysis: SweepAnalysis) -> tuple[list[str], list[list[str]
     first = analysis.completions[0][2]
     rows = []
     for i in range(min(EXAMPLES, len(first))):
-        rows.append([first[i]["prompt"][-300:], first[i]["reference"]]
+        rows.append([first[i]["prompt"][-120:], first[i]["reference"]]
                     + [r[i]["policy"] if i < len(r) else "" for _, _, r in analysis.completions])
     return header, rows
 
