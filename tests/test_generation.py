@@ -124,3 +124,28 @@ def test_the_reference_completions_survive_a_resume(make_spec, tmp_path):
     ref = [r["reference"] for r in json.loads(Path(first[-1][1], TABLE_FILE).read_text())]
     assert [r["reference"] for r in json.loads(Path(resumed[-1][1], TABLE_FILE).read_text())] == ref
     assert resumed[-1][0]["ref_gen_length_tokens"] == first[-1][0]["ref_gen_length_tokens"]
+
+
+def test_a_sequence_classification_reward_model_scores_the_completions(make_spec, tmp_path, model_cache):
+    # A reward model directory, as a user would point at one: a tiny Llama-shaped sequence classifier.
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+
+    from trainables.tiny_model import ensure_tiny_llama
+
+    base = ensure_tiny_llama(model_cache, log=None)
+    config = AutoConfig.from_pretrained(base)
+    config.num_labels = 1
+    torch.manual_seed(0)
+    rm = tmp_path / "tiny-rm"
+    LlamaForSequenceClassification(config).save_pretrained(rm)
+    AutoTokenizer.from_pretrained(base).save_pretrained(rm)
+    spec = make_spec("rm", dpo={"reports_per_epoch": 1}, evaluation={"num_prompts": 6, "reward_funcs": [str(rm)]})
+    reports = []
+    run_trial(spec, lambda m, c: reports.append((m, c)), log=lambda *a: None)
+    m, ckpt = reports[-1]
+    table = json.loads(Path(ckpt, TABLE_FILE).read_text())
+    scores = [r["reward_tiny_rm"] for r in table]
+    assert all(isinstance(s, float) for s in scores) and len(set(scores)) > 1  # a real score per completion
+    assert m["eval_reward_tiny_rm"] == pytest.approx(sum(scores) / len(scores))
+    assert 0 <= m["eval_win_rate_tiny_rm"] <= 1
