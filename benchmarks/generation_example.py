@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from readme_block import replace_readme_block  # noqa: E402
+from readme_block import replace_readme_block
 
 COLUMNS = [("eval_rewards_accuracies", "pair acc."), ("answer_exact_rate", "answers (probes)"),
            ("eval_reward_exact_answer", "exact (gen.)"), ("eval_win_rate_exact_answer", "win rate"),
@@ -46,11 +46,11 @@ def markdown(experiment: Path) -> str:
     if not rows:
         raise SystemExit(f"{experiment}: no trial with generation metrics (progress.csv with gen_seconds)")
     ref = rows[0]["last"]
-    lines = [f"Measured on the real-model example sweep (`dpo-sweep run smollm2`: SmolLM2-135M-Instruct, NF4 + LoRA, "
+    lines = [(f"Measured on the real-model example sweep (`dpo-sweep run smollm2`: SmolLM2-135M-Instruct, NF4 + LoRA, "
              f"the arithmetic chat task, 16 held-out questions), each trial's last report. The reference model: "
              f"truncated {ref['ref_gen_truncation_rate']:.2f}, {ref['ref_gen_length_tokens']:.1f} tokens, repeats "
              f"{ref['ref_gen_repeat_ngram_rate']:.2f}, ref NLL/token {ref['ref_gen_ref_nll_per_token']:.2f}, exact "
-             f"answers {ref.get('ref_eval_reward_exact_answer', float('nan')):.2f}.", ""]
+             f"answers {ref.get('ref_eval_reward_exact_answer', float('nan')):.2f}."), ""]
     header = ["beta", "learning rate", "step", *(label for _, label in COLUMNS)]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in sorted(rows, key=lambda r: (r["params"].get("learning_rate", 0), r["params"].get("beta", 0))):
@@ -61,9 +61,9 @@ def markdown(experiment: Path) -> str:
     gen = sum(float(r["history"]["gen_seconds"].sum()) for r in rows)
     total = sum(float(r["last"]["time_total_s"]) for r in rows)
     per_report = pd.concat([r["history"]["gen_seconds"] for r in rows]).median()
-    lines += ["", f"**Cost**: the generation evaluation took {gen:.0f} s of the trials' {total:.0f} s "
+    lines += ["", (f"**Cost**: the generation evaluation took {gen:.0f} s of the trials' {total:.0f} s "
               f"({gen / total:.1%}; median {per_report:.1f} s a report: greedy and sampled completions of 16 "
-              "prompts, three scoring passes, the reward) on this 2-core CPU.", ""]
+              "prompts, three scoring passes, the reward) on this 2-core CPU."), ""]
     worst = max(rows, key=lambda r: float(r["last"]["gen_ref_nll_per_token"]))
     best = max(rows, key=lambda r: float(r["last"].get("eval_reward_exact_answer", 0) or 0))
     for title, r in (("highest exact rate", best), ("highest reference NLL", worst)):

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from detector_calibration import REAL_SEEDS, judgeable, real_grid_configs, truth
-from readme_block import replace_readme_block
 from practitioner_claims import effect, mean_and_se, mean_se
+from readme_block import replace_readme_block
 from trial_histories import DEFAULT_OUT, REAL_BASE, cache_key, merged, run_histories, total_seconds
 
 NOISE = 0.4

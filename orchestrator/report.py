@@ -125,9 +125,9 @@ def write_report(analysis: SweepAnalysis, out_dir: Path, title: str, context: di
         if heading == "Interaction (ANOVA)" and anova_rows:
             parts.append(_html_table(anova_header, anova_rows))
     if gen_rows:
-        parts += ["<h2>What the trials generate</h2>", "<p>Greedy completions of held-out prompts at the trials' "
+        parts += ["<h2>What the trials generate</h2>", ("<p>Greedy completions of held-out prompts at the trials' "
                   "best checkpoints, beside the reference model's (MLflow keeps every report's in each trial's "
-                  "completions.json table).</p>", _html_table(gen_header, gen_rows)]
+                  "completions.json table).</p>"), _html_table(gen_header, gen_rows)]
     parts.append("<h2>Plots</h2>")
     for name, path in plots:
         data = base64.b64encode(Path(path).read_bytes()).decode()

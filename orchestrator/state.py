@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -128,8 +127,9 @@ class SweepState:
         the local cache (DPO_SWEEP_CACHE, else ~/.cache/dpo-sweep), then uploaded beside them."""
         if not is_uri(self.experiment_path):
             return Path(self.experiment_path) / "analysis"
-        cache = Path(os.environ.get("DPO_SWEEP_CACHE") or Path.home() / ".cache" / "dpo-sweep")
-        return cache / "sweeps" / self.name / "analysis"
+        from trainables.cache import cache_root
+
+        return cache_root() / "sweeps" / self.name / "analysis"
 
 
 def find_experiment(ref: str, storage: str, log=print) -> str:

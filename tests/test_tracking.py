@@ -218,5 +218,5 @@ def test_tables_are_appended_per_report_and_one_mlflow_cannot_write_does_not_hol
     assert logger.close(timeout=30) == 0
     assert [m.step for m in client.get_metric_history(logger.run_id, "eval_loss")] == [12]
     assert any("dropped a table call" in m for m in messages)
-    table = json.loads(open(client.download_artifacts(logger.run_id, "completions.json")).read())
+    table = json.loads(Path(client.download_artifacts(logger.run_id, "completions.json")).read_text())
     assert [r[table["columns"].index("step")] for r in table["data"]] == [4, 8]

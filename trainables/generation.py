@@ -73,14 +73,14 @@ def select_prompts(eval_rows: list[dict[str, Any]], n: int | None) -> list[dict[
     """The first `n` held-out rows (None: DEFAULT_PROMPTS, or all where fewer): the prompts every report
     completes, with their other columns (the keyword arguments of the reward functions)."""
     if not eval_rows:
-        raise ConfigError(["evaluation: the eval split is empty; the generation evaluation needs held-out prompts "
-                           "(data.eval_fraction or data.eval_source)"])
+        raise ConfigError([("evaluation: the eval split is empty; the generation evaluation needs held-out prompts "
+                           "(data.eval_fraction or data.eval_source)")])
     if n is None:
         n = min(DEFAULT_PROMPTS, len(eval_rows))
     if n > len(eval_rows):
-        raise ConfigError([f"evaluation.num_prompts: {n} prompts asked for but the eval split has "
+        raise ConfigError([(f"evaluation.num_prompts: {n} prompts asked for but the eval split has "
                            f"{len(eval_rows)} rows; lower it to at most {len(eval_rows)} or give more eval rows "
-                           "(data.eval_fraction or data.eval_source)"])
+                           "(data.eval_fraction or data.eval_source)")])
     return [dict(r) for r in eval_rows[:n]]
 
 
@@ -220,14 +220,14 @@ def _import_callable(spec: str, import_dir: str | None) -> Callable:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - any import failure is the user's to fix, named with its cause
         where = f" (looked in {import_dir} and the installed packages)" if import_dir else ""
-        raise ConfigError([f"evaluation.reward_funcs: {spec!r}: module {module_name!r} cannot be imported{where}: "
-                           f"{type(e).__name__}: {e}"]) from None
+        raise ConfigError([(f"evaluation.reward_funcs: {spec!r}: module {module_name!r} cannot be imported{where}: "
+                           f"{type(e).__name__}: {e}")]) from None
     fn = getattr(module, attr, None)
     if fn is None:
         raise ConfigError([f"evaluation.reward_funcs: {spec!r}: module {module_name!r} has no {attr!r}"])
     if not callable(fn):
-        raise ConfigError([f"evaluation.reward_funcs: {spec!r} is not callable (it is the {type(fn).__name__} "
-                           f"{fn!r:.40}); name a function"])
+        raise ConfigError([(f"evaluation.reward_funcs: {spec!r} is not callable (it is the {type(fn).__name__} "
+                           f"{fn!r:.40}); name a function")])
     return fn
 
 
@@ -239,12 +239,12 @@ def _reward_model(spec: str, device, batch_size: int, conversational: bool):
     try:
         config = AutoConfig.from_pretrained(spec)
     except Exception as e:  # noqa: BLE001
-        raise ConfigError([f"evaluation.reward_funcs: {spec!r} is neither 'module:function' nor a model directory "
-                           f"or hub id transformers can read: {type(e).__name__}: {str(e)[:200]}"]) from None
+        raise ConfigError([(f"evaluation.reward_funcs: {spec!r} is neither 'module:function' nor a model directory "
+                           f"or hub id transformers can read: {type(e).__name__}: {str(e)[:200]}")]) from None
     if not any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
-        raise ConfigError([f"evaluation.reward_funcs: {spec!r} is a {', '.join(config.architectures or ['model'])}, "
+        raise ConfigError([(f"evaluation.reward_funcs: {spec!r} is a {', '.join(config.architectures or ['model'])}, "
                            "not a sequence classifier (a reward model's architecture ends in "
-                           "ForSequenceClassification)"])
+                           "ForSequenceClassification)")])
     model = AutoModelForSequenceClassification.from_pretrained(spec, num_labels=1).to(device).eval()
     tok = AutoTokenizer.from_pretrained(spec)
     if tok.pad_token is None:
@@ -281,8 +281,8 @@ def load_rewards(settings: EvaluationSettings, device, conversational: bool) -> 
             score = _reward_model(spec, device, settings.reward_batch_size, conversational)
             name = metric_suffix(Path(spec).name or spec)
         if name in names:
-            raise ConfigError([f"evaluation.reward_funcs: two entries are both named {name!r}; their metrics "
-                               "(eval_reward_<name>) would collide"])
+            raise ConfigError([(f"evaluation.reward_funcs: two entries are both named {name!r}; their metrics "
+                               "(eval_reward_<name>) would collide")])
         names.add(name)
         rewards.append(Reward(name, spec, score))
     return rewards

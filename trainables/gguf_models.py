@@ -28,6 +28,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from trainables.cache import cache_root
 from trainables.config import InputError
 
 SMOLLM2 = "smollm2-135m"
@@ -111,12 +112,6 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def default_cache_dir() -> Path:
-    from trainables.tiny_model import default_cache_dir as tiny_cache
-
-    return tiny_cache()
-
-
 def ensure_converted(gguf_path: str | Path, cache_dir: str | Path | None = None, log=print) -> Path:
     """The `save_pretrained` directory of a GGUF file, converting it first if needed.
 
@@ -126,7 +121,7 @@ def ensure_converted(gguf_path: str | Path, cache_dir: str | Path | None = None,
     src = Path(gguf_path).expanduser().resolve()
     if not src.is_file():
         raise ModelUnavailable(f"model.name_or_path: GGUF file {str(gguf_path)!r} does not exist")
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    root = Path(cache_dir) if cache_dir else cache_root()
     digest = file_sha256(src)
     target = root / f"gguf-{src.stem}-{digest[:16]}-v{CONVERSION_VERSION}"
     if (target / MARKER).is_file():

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from trainables.cache import cache_root
 from trainables.synthetic import warm_start_examples
 
 NAME = "tiny-llama"
@@ -35,11 +36,6 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
 WARM_START = {"examples": 4000, "steps": 600, "batch_size": 64, "learning_rate": 3e-3}
-
-
-def default_cache_dir() -> Path:
-    """~/.cache/dpo-sweep; the CLI passes DPO_SWEEP_CACHE down as `cache_dir` when it is set."""
-    return Path.home() / ".cache" / "dpo-sweep"
 
 
 def build_tokenizer():
@@ -113,7 +109,7 @@ def warm_start(model, tokenizer, seed: int, log=print) -> float:
 
 def ensure_tiny_llama(cache_dir: str | Path | None = None, seed: int = 0, log=print) -> Path:
     """Path of the cached built-in model, building it first if needed (atomic: safe with parallel trials)."""
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    root = Path(cache_dir) if cache_dir else cache_root()
     target = root / f"{NAME}-v{RECIPE_VERSION}-seed{seed}"
     if (target / "recipe.json").is_file():
         return target

@@ -516,14 +516,14 @@ def figures_markdown(report: dict, source: str) -> str:
     """The README's GPU figures from one run's JSON (`source`: where that JSON is kept)."""
     m, steps = report["machine"], report["steps"]
     when = f" on {report['date']}" if "date" in report else ""
-    lines = [f"Measured{when} by `scripts/gpu-acceptance` on {m['gpu']} ({m['cpus']} CPU cores, torch {m['torch']}, "
+    lines = [(f"Measured{when} by `scripts/gpu-acceptance` on {m['gpu']} ({m['cpus']} CPU cores, torch {m['torch']}, "
              f"Python {m['python']}); the JSON it returned is `{source}`. Failed steps: "
              f"{', '.join(report['failed']) or 'none'}; not run: "
-             f"{', '.join(s for s in STEPS if s not in steps) or 'none'}.", ""]
+             f"{', '.join(s for s in STEPS if s not in steps) or 'none'}."), ""]
     pack = steps.get("packing")
     if pack and pack.get("rows"):
-        lines += ["| model | trials at once (k) | aggregate pairs/s | vs k = 1 | slowest trial's training, s | "
-                  "peak allocated, MiB | estimate, MiB | estimate error |", "|---|---|---|---|---|---|---|---|"]
+        lines += [("| model | trials at once (k) | aggregate pairs/s | vs k = 1 | slowest trial's training, s | "
+                  "peak allocated, MiB | estimate, MiB | estimate error |"), "|---|---|---|---|---|---|---|---|"]
         for r in pack["rows"]:
             lines.append(f"| {r['model']} | {r['k']} | {r['aggregate_samples_per_s']} | {r['vs_k1']:.2f}x | "
                          f"{r['slowest_train_s']} | {r['max_allocated_mib']} | {r['estimate_mib']['allocated']} | "
@@ -534,21 +534,21 @@ def figures_markdown(report: dict, source: str) -> str:
                   f"{pack['worst_estimate_error']:.0%} (target: {TARGETS['estimate_error']}).", ""]
     ref = steps.get("reference")
     if ref and "per_trial_speedup" in ref:
-        lines += [f"Shared reference ({ref['model']}, medians of {ref['rounds']} interleaved rounds): a trial took "
+        lines += [(f"Shared reference ({ref['model']}, medians of {ref['rounds']} interleaved rounds): a trial took "
                   f"{ref['own_s']} s with TRL's per-step reference pass and {ref['shared_s']} s reading the shared "
                   f"one (training alone {ref['own_train_s']} s vs {ref['shared_train_s']} s), which costs "
                   f"{ref['precompute_s']} s once: {ref['per_trial_speedup']:.2f}x per trial, "
                   f"{ref['sweep_speedup']:.2f}x for a {ref['sweep_trials']}-trial sweep (target "
-                  f"{TARGETS['reference_sweep_speedup']}).", ""]
+                  f"{TARGETS['reference_sweep_speedup']})."), ""]
     sweep = steps.get("sweep")
     if sweep and "wall_s" in sweep:
-        lines += [f"`dpo-sweep run {sweep['config']}` ({sweep['scheduler']}, gpu_per_trial {sweep['gpu_per_trial']}): "
+        lines += [(f"`dpo-sweep run {sweep['config']}` ({sweep['scheduler']}, gpu_per_trial {sweep['gpu_per_trial']}): "
                   f"{sweep['wall_s']} s wall, {sweep['trials']} trials {sweep['statuses']}, planned "
-                  f"{sweep['planned_packing']!r}, at most {sweep['max_trials_at_once']} training at once.", ""]
+                  f"{sweep['planned_packing']!r}, at most {sweep['max_trials_at_once']} training at once."), ""]
     oom = steps.get("oom")
     if oom and "statuses" in oom:
-        lines += [f"Out of memory ({oom['source']}): batch {oom['oversized_batch']} beside batch 8 ended "
-                  f"{oom['statuses']}.", ""]
+        lines += [(f"Out of memory ({oom['source']}): batch {oom['oversized_batch']} beside batch 8 ended "
+                  f"{oom['statuses']}."), ""]
     for name in report["failed"]:
         err = steps[name].get("error", "")
         lines.append(f"- `{name}` failed: {err.strip().splitlines()[-1][:300] if err else 'its targets were not met'}")
@@ -599,10 +599,9 @@ def main() -> None:
         write_readme(args.from_json, ROOT / "README.md")
         return
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    from trainables.tiny_model import default_cache_dir
+    from trainables.cache import cache_root
 
-    cache = args.cache or (Path(os.environ["DPO_SWEEP_CACHE"]) if os.environ.get("DPO_SWEEP_CACHE")
-                           else default_cache_dir())
+    cache = args.cache or cache_root()
     cache.mkdir(parents=True, exist_ok=True)
     dry = args.dry_run
     ctx = {"dry_run": dry, "cache": cache, "rounds": 1 if dry else 3,
