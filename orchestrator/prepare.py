@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from orchestrator.config import SweepConfig
+from trainables.cache import built_atomically
 from trainables.config import TrialSpec, resolve_param_key
 from trainables.reference import META, SharedReference, read_shared, reference_key, reference_key_parts
 
@@ -57,9 +57,7 @@ def build_shared_reference(spec: TrialSpec, cache_root: str | Path, log=print) -
         return SharedReference(key, target, False, 0.0, meta["train_rows"], meta["eval_rows"])
 
     start = time.perf_counter()
-    Path(cache_root).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root))
-    try:
+    with built_atomically(target, lambda t: read_shared(t) is not None) as tmp:
         ref_spec = spec.model_copy(deep=True)
         ref_spec.dpo.precompute_ref_log_probs = True
         ref_spec.output_dir = str(tmp / "unused-output")
@@ -75,13 +73,6 @@ def build_shared_reference(spec: TrialSpec, cache_root: str | Path, log=print) -
                 "generation": shared_entry(callback.generation)}
         shutil.rmtree(tmp / "unused-output", ignore_errors=True)
         (tmp / META).write_text(json.dumps(meta, indent=2))
-        try:
-            tmp.rename(target)
-        except OSError:
-            if read_shared(target) is None:  # not another writer's finished copy: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return SharedReference(key, target, True, seconds, meta["train_rows"], meta["eval_rows"])
 
 

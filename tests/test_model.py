@@ -109,3 +109,18 @@ def test_the_base_model_loads_without_hub_kernels_unless_asked(tmp_path):
     off, _ = load_base_model(ModelSettings(), cache_dir=str(tmp_path), log=lambda *a: None)
     on, _ = load_base_model(ModelSettings(hub_kernels=True), cache_dir=str(tmp_path), log=lambda *a: None)
     assert (off.use_kernels, on.use_kernels) == (False, True)
+
+
+def test_a_cache_entry_appears_whole_or_not_at_all(tmp_path):
+    from trainables.cache import built_atomically
+
+    target = tmp_path / "entry"
+    with pytest.raises(RuntimeError), built_atomically(target, lambda t: (t / "done").is_file()) as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("the build failed")
+    assert not target.exists() and list(tmp_path.iterdir()) == []  # nothing half-built left behind
+    with built_atomically(target, lambda t: (t / "done").is_file()) as tmp:
+        (tmp / "done").write_text("1")
+    with built_atomically(target, lambda t: (t / "done").is_file()) as tmp:  # another process's copy won
+        (tmp / "done").write_text("2")
+    assert (target / "done").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["entry"]

@@ -24,11 +24,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from trainables.cache import cache_root
+from trainables.cache import built_atomically, cache_root
 from trainables.config import InputError
 
 SMOLLM2 = "smollm2-135m"
@@ -129,21 +127,12 @@ def ensure_converted(gguf_path: str | Path, cache_dir: str | Path | None = None,
     problems = gguf_problems(gguf_path)  # named as the user gave it
     if problems:
         raise ModelUnavailable("; ".join(problems))
-    root.mkdir(parents=True, exist_ok=True)
     if log:
         log(f"[gguf] converting {src.name} into a transformers checkpoint (once, ~1 min) in {target}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
+    with built_atomically(target, lambda t: (t / MARKER).is_file()) as tmp:
         _convert(src, tmp)
         (tmp / MARKER).write_text(json.dumps({"file": str(src), "sha256": digest,
                                               "conversion_version": CONVERSION_VERSION}, indent=2))
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / MARKER).is_file():  # not another process's finished copy: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -14,13 +14,11 @@ the warm start (600 steps of batch 64) takes well under a minute on 2 CPU cores.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from trainables.cache import cache_root
+from trainables.cache import built_atomically, cache_root
 from trainables.synthetic import warm_start_examples
 
 NAME = "tiny-llama"
@@ -113,11 +111,10 @@ def ensure_tiny_llama(cache_dir: str | Path | None = None, seed: int = 0, log=pr
     target = root / f"{NAME}-v{RECIPE_VERSION}-seed{seed}"
     if (target / "recipe.json").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
     if log:
         log(f"[tiny-llama] building the built-in base model (once) in {target}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
+    # Another process finishing first leaves an identical copy (same seed, same recipe).
+    with built_atomically(target, lambda t: (t / "recipe.json").is_file()) as tmp:
         tokenizer = build_tokenizer()
         model = build_model(tokenizer, seed)
         final_loss = warm_start(model, tokenizer, seed, log=log)
@@ -126,14 +123,6 @@ def ensure_tiny_llama(cache_dir: str | Path | None = None, seed: int = 0, log=pr
         recipe = {"name": NAME, "recipe_version": RECIPE_VERSION, "seed": seed, "warm_start": WARM_START,
                   "warm_start_final_loss": final_loss}
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
-        try:
-            tmp.rename(target)
-        except OSError:
-            # Another process finished first; its copy is identical (same seed, same recipe).
-            if not (target / "recipe.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -219,6 +219,7 @@ def model_path(name: str, cache: Path) -> str:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
+    from trainables.cache import built_atomically
     from trainables.gguf_models import ensure_converted, smollm2_gguf_path
 
     log(f"building {QWEN_SHAPED} (Qwen2.5-0.5B's shape, random weights, SmolLM2's tokenizer) in {target}")
@@ -227,10 +228,9 @@ def model_path(name: str, cache: Path) -> str:
                          rope_theta=1_000_000.0, tie_word_embeddings=True, torch_dtype="bfloat16")
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-    tmp = Path(tempfile.mkdtemp(dir=cache))
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(ensure_converted(smollm2_gguf_path(), cache, log=log)).save_pretrained(tmp)
-    tmp.rename(target)
+    with built_atomically(target, lambda t: (t / "config.json").is_file()) as tmp:
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(ensure_converted(smollm2_gguf_path(), cache, log=log)).save_pretrained(tmp)
     return str(target)
 
 
