@@ -155,14 +155,14 @@ def completion_examples(records: list[TrialRecord], table: pd.DataFrame, best: d
         except (OSError, ValueError):
             return []
 
-    out = []
-    if best is not None and rows_of(best["trial"]):
-        out.append(("best trial", best["trial"], rows_of(best["trial"])))
+    shown = []
+    if best is not None:
+        shown.append(("best trial", best["trial"]))
     if "gen_ref_nll_per_token" in table and table["gen_ref_nll_per_token"].notna().any():
         worst = table.loc[table["gen_ref_nll_per_token"].idxmax(), "trial"]
-        if (best is None or worst != best["trial"]) and rows_of(worst):
-            out.append(("least plausible generations (highest gen_ref_nll_per_token)", worst, rows_of(worst)))
-    return out
+        if best is None or worst != best["trial"]:
+            shown.append(("least plausible generations (highest gen_ref_nll_per_token)", worst))
+    return [(label, trial, rows) for label, trial in shown if (rows := rows_of(trial))]
 
 
 def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,

@@ -106,8 +106,10 @@ def test_the_base_model_loads_without_hub_kernels_unless_asked(tmp_path):
     from trainables.config import ModelSettings
     from trainables.model import load_base_model
 
-    off, _ = load_base_model(ModelSettings(), cache_dir=str(tmp_path), log=lambda *a: None)
-    on, _ = load_base_model(ModelSettings(hub_kernels=True), cache_dir=str(tmp_path), log=lambda *a: None)
+    # On the CPU whatever the host has: on a GPU, hub_kernels=True would fetch kernels from the hub.
+    cpu = torch.device("cpu")
+    off, _ = load_base_model(ModelSettings(), cache_dir=str(tmp_path), device=cpu, log=lambda *a: None)
+    on, _ = load_base_model(ModelSettings(hub_kernels=True), cache_dir=str(tmp_path), device=cpu, log=lambda *a: None)
     assert (off.use_kernels, on.use_kernels) == (False, True)
 
 

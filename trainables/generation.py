@@ -46,7 +46,6 @@ HEALTH_METRICS = ("gen_truncation_rate", "gen_length_tokens", "gen_length_ratio"
                   "gen_ref_nll_per_token", "gen_kl", "gen_kl_per_token")
 # The reference's own figures (a policy equal to the reference has length ratio 1 and KL 0: not repeated).
 REFERENCE_BASELINES = ("gen_truncation_rate", "gen_length_tokens", "gen_repeat_ngram_rate", "gen_ref_nll_per_token")
-COLUMNS = ("prompt", "chosen", "rejected")
 TABLE_FILE = "completions.json"  # beside each report's checkpoint: that report's completions table
 
 
@@ -204,6 +203,17 @@ def metric_suffix(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_").lower() or "reward"
 
 
+def is_function_spec(spec: str) -> bool:
+    """'module:function' (not a reward model's directory that happens to hold a ':')."""
+    return ":" in spec and not Path(spec).exists()
+
+
+def reward_name(spec: str) -> str:
+    """The metric suffix of a reward_funcs entry, read without loading it: the function's name after ':', or
+    a reward model's last path part."""
+    return metric_suffix(spec.partition(":")[2] if is_function_spec(spec) else (Path(spec).name or spec))
+
+
 @dataclass
 class Reward:
     name: str  # the metric suffix
@@ -219,9 +229,8 @@ def _import_callable(spec: str, import_dir: str | None) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - any import failure is the user's to fix, named with its cause
-        where = f" (looked in {import_dir} and the installed packages)" if import_dir else ""
-        raise ConfigError([(f"evaluation.reward_funcs: {spec!r}: module {module_name!r} cannot be imported{where}: "
-                           f"{type(e).__name__}: {e}")]) from None
+        raise ConfigError([(f"evaluation.reward_funcs: {spec!r}: module {module_name!r} cannot be imported (looked "
+                           f"in {import_dir} and the installed packages): {type(e).__name__}: {e}")]) from None
     fn = getattr(module, attr, None)
     if fn is None:
         raise ConfigError([f"evaluation.reward_funcs: {spec!r}: module {module_name!r} has no {attr!r}"])
@@ -270,16 +279,14 @@ def load_rewards(settings: EvaluationSettings, device, conversational: bool) -> 
     """Every reward of settings.reward_funcs, loaded (ConfigError naming the entry when one cannot be)."""
     rewards, names = [], set()
     for spec in settings.reward_funcs:
-        if ":" in spec and not Path(spec).exists():
+        if is_function_spec(spec):
             fn = _import_callable(spec, settings.import_dir)
 
             def score(prompts, completions, completion_ids, columns, fn=fn):
                 return fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
-
-            name = metric_suffix(spec.partition(":")[2])
         else:
             score = _reward_model(spec, device, settings.reward_batch_size, conversational)
-            name = metric_suffix(Path(spec).name or spec)
+        name = reward_name(spec)
         if name in names:
             raise ConfigError([(f"evaluation.reward_funcs: two entries are both named {name!r}; their metrics "
                                "(eval_reward_<name>) would collide")])
@@ -424,11 +431,11 @@ class GenerationEval:
 
 
 def reported_names(settings: EvaluationSettings) -> set[str]:
-    """Every metric name a report carries from the generation evaluation, rewards included (by their names as
-    `load_rewards` makes them, read without importing: the function's name after ':', a model's last path part)."""
+    """Every metric name a report carries from the generation evaluation, rewards included (`reward_name`: no
+    reward is loaded)."""
     names = set(HEALTH_METRICS) | {REF_PREFIX + k for k in REFERENCE_BASELINES}
     for spec in settings.reward_funcs:
-        suffix = metric_suffix(spec.partition(":")[2] if ":" in spec and not Path(spec).exists() else Path(spec).name)
+        suffix = reward_name(spec)
         names |= {f"eval_reward_{suffix}", f"eval_win_rate_{suffix}", f"{REF_PREFIX}eval_reward_{suffix}"}
     return names
 

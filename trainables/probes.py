@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from trainables import arithmetic, synthetic
-from trainables.generation import render_prompt
+from trainables.generation import generate, render_prompt
 
 Scorer = Callable[[str, str], tuple[bool, bool]]
 
@@ -29,45 +29,22 @@ def probe_settings(data) -> tuple[Scorer, int]:
     return synthetic.score_answer, 10
 
 
-@torch.no_grad()
 def answer_quality(model, tokenizer, probes: list[tuple[Any, str]], batch_size: int = 64,
                    max_new_tokens: int = 10, score: Scorer = synthetic.score_answer) -> dict[str, float]:
     """{'answer_exact_rate', 'answer_valid_rate', 'answer_length_tokens'} over the probes (greedy decoding,
-    left padding). The length is the mean count of generated tokens up to and including end of turn."""
+    `generation.generate`). The length is the mean count of generated tokens up to and including end of turn."""
     if not probes:
         return {}
-    was_training = model.training
-    model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    device = next(p for p in model.parameters()).device
-    exact = valid = length = 0
-    eos = tokenizer.eos_token_id
-    try:
-        for start in range(0, len(probes), batch_size):
-            chunk = probes[start : start + batch_size]
-            texts_in = [render_prompt(tokenizer, p) for p, _ in chunk]
-            enc = tokenizer(texts_in, return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
-            )
-            new = out[:, enc["input_ids"].shape[1] :]
-            # Generated length: up to and including the first end-of-turn token (the rest is padding).
-            ended = (new == eos).int()
-            first_eos = torch.where(ended.any(1), ended.argmax(1) + 1, torch.full_like(ended[:, 0], new.shape[1]))
-            length += int(first_eos.sum())
-            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-            for text, (_, right) in zip(texts, chunk, strict=True):
-                e, v = score(text, right)
-                exact += e
-                valid += v
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
+    answers = generate(model, tokenizer, [render_prompt(tokenizer, p) for p, _ in probes], max_new_tokens,
+                       batch_size)
+    exact = valid = 0
+    for text, (_, right) in zip(answers.texts, probes, strict=True):
+        e, v = score(text, right)
+        exact += e
+        valid += v
     n = len(probes)
-    return {"answer_exact_rate": exact / n, "answer_valid_rate": valid / n, "answer_length_tokens": length / n}
+    return {"answer_exact_rate": exact / n, "answer_valid_rate": valid / n,
+            "answer_length_tokens": sum(len(i) for i in answers.ids) / n}
 
 
 def sequence_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -150,17 +150,13 @@ def is_transient(exc: BaseException) -> bool:
     from requests.exceptions import Timeout
 
     if isinstance(exc, MlflowException):
-        return exc.error_code not in PERMANENT_ERRORS
+        # log_table wraps any failure to write the table's file as 'Failed to save ...': the data, not the network.
+        return exc.error_code not in PERMANENT_ERRORS and not str(exc).startswith("Failed to save")
     if isinstance(exc, (ConnectionError, TimeoutError, RequestsConnectionError, Timeout)):
         return True
     if isinstance(exc, OSError):
         return exc.errno in NETWORK_ERRNOS
     return type(exc).__name__ in ("OperationalError", "DBAPIError")
-
-
-def _is_serialization_failure(exc: BaseException) -> bool:
-    """MLflow's log_table wraps any failure to write the table's file as 'Failed to save ...': not the network."""
-    return str(exc).startswith("Failed to save") or not is_transient(exc)
 
 
 def call_with_retries(fn, what: str, patience_s: float, log=print, retry_s: float = 5.0):
@@ -278,9 +274,9 @@ class TrialRunLogger:
                     self._steps = {int(m.step) for m in client.get_metric_history(self.run_id, "step")}
                 self._apply(client, op)
             except Exception as e:  # noqa: BLE001 - classified below: retried or reported, never lost silently
-                if not is_transient(e) or (op[0] == "table" and _is_serialization_failure(e)):
-                    # A table MLflow cannot write is dropped with its cause, not retried: it would hold up every
-                    # metric queued behind it (the report's copy stays beside its checkpoint).
+                if not is_transient(e):
+                    # Dropped with its cause, not retried: it would hold up every call queued behind it (a table's
+                    # copy stays beside its checkpoint).
                     cause = f" ({type(e.__cause__).__name__}: {str(e.__cause__)[:300]})" if e.__cause__ else ""
                     self._log(f"[mlflow] dropped a {op[0]} call MLflow refused: {_short(e)}{cause}")
                 else:
