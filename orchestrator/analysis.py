@@ -12,6 +12,7 @@ point in training and is not comparable. Ties go to the smaller drift from the r
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from typing import Any
 import pandas as pd
 
 from orchestrator import plots, stats
+from orchestrator.config import TIE_SE
 from orchestrator.costs import SweepCost
-from orchestrator.records import COMPLETED, DIVERGED, OUT_OF_MEMORY, TrialRecord, results_table
+from orchestrator.records import COMPLETED, DIVERGED, FAILED, OUT_OF_MEMORY, TrialRecord, results_table
 from orchestrator.stats import value_text
 
 
@@ -32,6 +34,7 @@ class SweepAnalysis:
     best: dict[str, Any] | None  # the best single trial (its adapter is the one to take)
     knobs: list[str] = field(default_factory=list)  # swept knobs (seeds are replicates, not knobs)
     sweet_spot: stats.SweetSpot | None = None  # the best region, not the luckiest cell
+    budget: Budget | None = None  # the common budget the trials are compared at
     anova: stats.AnovaResult | None = None  # the metric on beta x learning_rate (or the two knobs swept)
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     recommendation: str = ""
@@ -42,6 +45,7 @@ class SweepAnalysis:
     reports: list[Path] = field(default_factory=list)  # report.html, report.md once written
     # What the trials generate, side by side: (label, trial, completions rows of its best checkpoint)
     completions: list[tuple[str, str, list[dict[str, Any]]]] = field(default_factory=list)
+    compute: str = ""  # the compute dtype and device the figures came from, e.g. 'bfloat16 on cuda'
 
     @property
     def counts(self) -> dict[str, int]:
@@ -58,9 +62,10 @@ class SweepAnalysis:
     @property
     def sweet_spot_line(self) -> str:
         spot, best, m = self.sweet_spot, self.best, self.metric
+        at = f", at report {self.budget.report} of {self.budget.of}" if self.budget and self.budget.report < self.budget.of else ""
         if spot:
             return (f"Sweet spot: {', '.join(f'{k}={value_text(v)}' for k, v in spot.values.items())} -> {m} "
-                    f"{spot.mean:.4f} (neighbourhood average {spot.score:.4f}, {spot.n} trial(s) in the cell)")
+                    f"{spot.mean:.4f} (neighbourhood average {spot.score:.4f}, {spot.n} trial(s) in the cell{at})")
         if best:
             where = f"{self._where(best)} -> " if self.knobs else ""
             return f"Sweet spot: {where}{m} {best[m]:.4f} (trial {best['trial']})"
@@ -86,7 +91,8 @@ class SweepAnalysis:
         lines = [self.trials_line, self.sweet_spot_line, self.best_line,
                  f"Recommendation: {self.recommendation}" if self.recommendation else "",
                  self.anova.describe() if self.anova is not None else "", self.sensitivity_line, *self.findings,
-                 self.cost.describe() if self.cost else ""]
+                 self.cost.describe() if self.cost else "",
+                 f"Figures computed in {self.compute}." if self.compute else ""]
         return "\n".join(line for line in lines if line)
 
 def drifted(table: pd.DataFrame, max_abs_logratio: float | None) -> pd.Series:
@@ -96,8 +102,27 @@ def drifted(table: pd.DataFrame, max_abs_logratio: float | None) -> pd.Series:
     return table["eval_abs_logratio"] > max_abs_logratio
 
 
+def left_out(table: pd.DataFrame, max_abs_logratio: float | None) -> pd.Series:
+    """Why each trial may not be the sweet spot ('' where it may): it failed or diverged, it was flagged (the
+    reward-hacking flag, by default the generations' health rule: the same rule halving and ASHA promote by), or
+    it drifted beyond analysis.max_abs_logratio."""
+    why = pd.Series("", index=table.index, dtype=object)
+    if not len(table):
+        return why
+    flagged = table["reward_hacking"] != ""
+    detail = table["reward_hacking_detail"] if "reward_hacking_detail" in table else pd.Series("", index=table.index)
+    why[flagged] = ("flagged by " + table["reward_hacking"] + (": " + detail).where(detail != "", ""))[flagged]
+    if max_abs_logratio is not None:
+        why[drifted(table, max_abs_logratio)] = f"more than {max_abs_logratio:g} nats from the reference"
+    why[table["status"].isin((FAILED, OUT_OF_MEMORY))] = table["status"].str.replace("_", " ")
+    why[table["status"] == DIVERGED] = "diverged"
+    return why
+
+
 def pick_best(table: pd.DataFrame, metric: str, mode: str, max_abs_logratio: float | None = None) -> dict | None:
-    ranked = table[table[metric].notna() & ~drifted(table, max_abs_logratio) & (table["status"] != DIVERGED)]
+    """The best eligible trial by its last value, among those that ran to the end while any did: the trial
+    whose adapter to take."""
+    ranked = table[table[metric].notna() & (left_out(table, max_abs_logratio) == "")]
     finished = ranked[ranked["status"] == COMPLETED]
     pool = finished if len(finished) else ranked
     if not len(pool):
@@ -109,6 +134,35 @@ def pick_best(table: pd.DataFrame, metric: str, mode: str, max_abs_logratio: flo
         keys.append("eval_abs_logratio")
         ascending.append(True)
     return table.loc[pool.sort_values(keys, ascending=ascending).index[0]].to_dict()
+
+
+@dataclass
+class Budget:
+    """The common budget trials are compared at: the last report every eligible trial reached."""
+
+    report: int  # 1-based
+    of: int  # the most reports any eligible trial made
+    step: int | None  # the optimizer step of that report (the first trial's)
+    compared: int  # eligible trials compared there
+
+    @property
+    def describe(self) -> str:
+        step = f" (step {self.step})" if self.step is not None else ""
+        if self.report >= self.of:
+            return f"compared at report {self.report}{step}, the end of every compared trial's training"
+        return (f"compared at report {self.report} of {self.of}{step}, the last report all {self.compared} "
+                "eligible trials reached (trials stopped early are compared with the rest at the same budget)")
+
+
+def common_budget(records: list[TrialRecord], eligible: set[str]) -> Budget | None:
+    counts = {r.trial_id: r.reports for r in records if r.trial_id in eligible and r.reports > 0}
+    if not counts:
+        return None
+    report = min(counts.values())
+    first = next(r for r in records if counts.get(r.trial_id) == report)
+    step = first.at("step", report - 1)
+    return Budget(report=report, of=max(counts.values()), step=None if math.isnan(step) else int(step),
+                  compared=len(counts))
 
 
 def findings(table: pd.DataFrame, params: list[str], max_abs_logratio: float | None) -> list[str]:
@@ -136,7 +190,8 @@ def findings(table: pd.DataFrame, params: list[str], max_abs_logratio: float | N
     flagged = table[table["reward_hacking"] != ""]
     if len(flagged):
         by = ", ".join(f"{sig} {n}" for sig, n in flagged["reward_hacking"].value_counts().items())
-        out.append(f"Reward-hacking flag on {len(flagged)}/{len(table)} trial(s) (by signal: {by}): {names(flagged)}")
+        out.append(f"Flagged, so left out of the sweet spot and of promotion, {len(flagged)}/{len(table)} trial(s) "
+                   f"(by signal: {by}): {names(flagged)}")
     return out
 
 
@@ -165,25 +220,84 @@ def completion_examples(records: list[TrialRecord], table: pd.DataFrame, best: d
     return [(label, trial, rows) for label, trial in shown if (rows := rows_of(trial))]
 
 
+def guard_sentence(table: pd.DataFrame, knobs: list[str]) -> str:
+    """The guard's verdicts in words: which trials were left out of the choice, and why."""
+    out = table[table["left_out"] != ""]
+    if not len(out):
+        return "Every trial passed the guard (no flag, no divergence)." if len(table) else ""
+    named = knobs or ["trial"]
+    items = [f"{', '.join(f'{stats._words(k)} {value_text(row[k])}' for k in named)} ({row['left_out']})"
+             for _, row in out.iterrows()]
+    return f"Left out of the choice ({len(out)} of {len(table)}): " + "; ".join(items) + "."
+
+
+def noise_count(table: pd.DataFrame, metric: str) -> float | None:
+    """How many measurements a rate metric is a share of (its resolution is one over it): held-out pairs for
+    pair accuracy, generation prompts for a win rate; None for other metrics."""
+    column = ("eval_pairs" if metric == "eval_rewards_accuracies"
+              else "gen_prompts" if metric.startswith("eval_win_rate_") else None)
+    if column is None or column not in table or not table[column].notna().any():
+        return None
+    return float(table[column].median())
+
+
+def closeness_column(table: pd.DataFrame) -> str | None:
+    """How far a trial moved from the reference, for near ties: the sampled KL of its generations, else the
+    held-out log-ratio."""
+    for column in ("gen_kl", "eval_abs_logratio"):
+        if column in table and pd.to_numeric(table[column], errors="coerce").notna().any():
+            return column
+    return None
+
+
+def choose_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[str], why: pd.Series,
+                      same_budget: bool, tie_se: float) -> stats.SweetSpot | None:
+    """The analysis' choice, in one place (the benchmark of selection rules calls it too): eligible cells only,
+    flagged trials as cliffs beside their neighbours, near ties to the cell closest to the reference."""
+    flagged = table["reward_hacking"] != "" if "reward_hacking" in table else None
+    return stats.robust_sweet_spot(table, metric, mode, knobs, exclude=why != "", same_budget=same_budget,
+                                   cliffs=flagged, noise_n=noise_count(table, metric), tie_se=tie_se,
+                                   closeness=closeness_column(table))
+
+
 def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
-            max_abs_logratio: float | None = None, cost: SweepCost | None = None) -> SweepAnalysis:
+            max_abs_logratio: float | None = None, cost: SweepCost | None = None,
+            tie_se: float = TIE_SE) -> SweepAnalysis:
+    """Trials are compared at a common budget (`common_budget`): every eligible trial's values at the last
+    report they all reached, so a trial that ran to the end is never weighed against stopped trials' earlier
+    values. The best single trial (whose adapter to take) is still chosen by its last value."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = results_table(records, metric, mode)
-    best = pick_best(table, metric, mode, max_abs_logratio) if len(table) else None
+    final = results_table(records, metric, mode)
+    best = pick_best(final, metric, mode, max_abs_logratio) if len(final) else None
+    why = left_out(final, max_abs_logratio)
+    eligible = set(final.loc[(why == "") & final[metric].notna(), "trial"]) if len(final) else set()
+    budget = common_budget(records, eligible)
+    table = results_table(records, metric, mode, at_report=budget.report) if budget else final
+    if len(table):
+        table["left_out"] = why.to_numpy()
     table_path = out_dir / "results.csv"
     table.to_csv(table_path, index=False)
 
     knobs = stats.swept_knobs(table, metric) if len(table) else []
     x, line = plots.axes_keys(knobs)
     anova = stats.two_way_anova(table, metric, a=line, b=x) if x and line else None
-    ineligible = drifted(table, max_abs_logratio) | (table["status"] == DIVERGED) if len(table) else None
-    spot = stats.robust_sweet_spot(table, metric, mode, knobs, exclude=ineligible) if knobs else None
-    advice = stats.recommendation(table, metric, mode, knobs, spot, anova) if knobs else ""
+    spot = choose_sweet_spot(table, metric, mode, knobs, why, budget is not None, tie_se) if knobs else None
+    advice = " ".join(part for part in (
+        f"{metric.capitalize()} {budget.describe}." if budget and knobs else "",
+        stats.recommendation(table, metric, mode, knobs, spot, anova) if knobs else "",
+        guard_sentence(table, knobs) if knobs else "") if part)
     # Where the plots put the sweet spot: the chosen cell at its mean, else the best trial.
     marked = {**spot.values, metric: spot.mean} if spot else best
     return SweepAnalysis(
-        table=table, metric=metric, mode=mode, best=best, knobs=knobs, sweet_spot=spot, anova=anova,
+        table=table, metric=metric, mode=mode, best=best, knobs=knobs, sweet_spot=spot, anova=anova, budget=budget,
         sensitivity=stats.sensitivity(table, metric, knobs) if knobs else [], recommendation=advice,
         findings=findings(table, sorted({k for r in records for k in r.params}), max_abs_logratio), cost=cost,
         plots=plots.draw_all(records, table, knobs, metric, marked, anova, out_dir), table_path=table_path,
-        completions=completion_examples(records, table, best) if len(table) else [])
+        completions=completion_examples(records, table, best) if len(table) else [],
+        compute=compute_of(records))
+
+
+def compute_of(records: list[TrialRecord]) -> str:
+    """The compute dtype and device the trials' figures came from ('bfloat16 on cuda'; several when mixed)."""
+    seen = sorted({str(v) for r in records if "compute" in r.history for v in r.history["compute"].dropna()})
+    return ", ".join(seen)

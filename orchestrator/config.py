@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, NonNegativeFloat, Tag, ValidationError, field_validator
+from pydantic import Discriminator, Field, NonNegativeFloat, Tag, ValidationError, field_validator, model_validator
 
 from search_spaces.inline import Domain
 from trainables.config import (
@@ -31,7 +31,7 @@ from trainables.config import (
     format_validation_error,
     read_yaml,
 )
-from trainables.metrics import PRIMARY_METRIC
+from trainables.metrics import PRIMARY_METRIC, default_metric
 
 # A named space or an inline one, told apart by type (tags start with '~': left out of error locations).
 Space = Annotated[Annotated[str, Tag("~named")] | Annotated[dict[str, Domain], Tag("~inline")],
@@ -49,7 +49,9 @@ class SearchSettings(StrictModel):
         "grid", description="grid/random: Tune's variant generator; optuna: TPE (pip install 'dpo-sweep[optuna]').")
     num_samples: int = Field(1, ge=1, description="grid: repeats of the whole grid, each with its own dpo.seed "
                              "(replicates for the analysis); random/optuna: trials.")
-    metric: str = Field(PRIMARY_METRIC, description="Held-out metric ASHA and the analysis rank trials by.")
+    metric: str = Field(PRIMARY_METRIC, description="Held-out metric the schedulers and the analysis rank trials by; "
+                        "default the first evaluation.reward_funcs entry's win rate against the reference "
+                        "(eval_win_rate_<name>) where there is one, else held-out pair accuracy.")
     mode: Literal["max", "min"] = Field("max", description="Whether a larger metric is better (max) or smaller.")
     seed: int | None = Field(None, description="Seed of random/optuna sampling.")
 
@@ -104,7 +106,16 @@ class StorageSettings(StrictModel):
         return v if "://" in v else str(Path(v).expanduser().resolve())
 
 
+# Near ties (`stats.robust_sweet_spot`): cells within this many binomial standard errors of the best are equals,
+# and the one closest to the reference wins. Chosen by benchmarks/selection_regret.py (README, "Choosing the trial").
+TIE_SE = 1.0
+
+
 class AnalysisSettings(StrictModel):
+    tie_se: float = Field(TIE_SE, ge=0, description="Cells whose neighbourhood average is within this many standard "
+                          "errors of the best (binomial, on the held-out pairs or generation prompts the metric "
+                          "counts) are a tie, given to the cell closest to the reference (lowest gen_kl); 0 turns "
+                          "near ties off. Chosen by benchmarks/selection_regret.py.")
     max_abs_logratio: float | None = Field(
         None, gt=0, description="Leave trials whose mean |log pi - log pi_ref| on held-out completions ends above "
                                 "this (nats) out of the sweet spot; None keeps all. 1.4 separated collapsed from "
@@ -123,6 +134,12 @@ class SweepConfig(StrictModel):
     tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="MLflow.")
     storage: StorageSettings = Field(default_factory=StorageSettings, description="Where results are kept.")
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings, description="The end-of-sweep analysis.")
+
+    @model_validator(mode="after")
+    def _rank_by_win_rate(self) -> SweepConfig:
+        if "metric" not in self.search.model_fields_set:
+            self.search.metric = default_metric(self.trial.evaluation.reward_funcs)
+        return self
 
     @property
     def experiment(self) -> str:

@@ -74,7 +74,7 @@ def figure_interaction(table: pd.DataFrame, knobs: list[str], metric: str, marke
         ax.scatter([marked[x]], [marked[metric]], marker="*", s=260, color="gold", edgecolors="black", zorder=5,
                    label="sweet spot")
     _knob_axis(ax, table[x], x)
-    ax.set_ylabel(f"{metric} (last report)")
+    ax.set_ylabel(f"{metric} ({_budget_words(table)})")
     ax.set_title(f"{metric} vs {x}" + (f", one line per {line}" if line else "")
                  + "\n(grey ring: stopped early; red x: reward-hacking flag)", fontsize=10)
     ax.legend(fontsize=8)
@@ -98,8 +98,8 @@ def figure_heatmap(table: pd.DataFrame, knobs: list[str], metric: str, marked: d
             cell = table[(table[y] == yv) & (table[x] == xv)]
             mark = " (stopped)" if len(cell) and (cell["status"] != COMPLETED).all() else ""
             mark += " !" if (cell["reward_hacking"] != "").any() else ""
-            ax.text(j, i, ("-" if math.isnan(v) else f"{v:.3f}") + mark, ha="center", va="center", fontsize=8,
-                    color="white")
+            ax.text(j, i, ("-" if math.isnan(v) else f"{v:.3f}") + mark + _health_text(cell), ha="center",
+                    va="center", fontsize=8, color="white")
     if marked:
         from matplotlib.patches import Rectangle
 
@@ -107,8 +107,56 @@ def figure_heatmap(table: pd.DataFrame, knobs: list[str], metric: str, marked: d
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3.5))
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    ax.set_title(f"{metric} (last report), {y} x {x}\nred box: sweet spot; !: reward-hacking flag", fontsize=9)
+    ax.set_title(f"{metric} ({_budget_words(table)}), {y} x {x}\nred box: sweet spot; !: flagged; "
+                 "nll: the generations' NLL rise under the reference (nats/token)", fontsize=9)
     fig.colorbar(im, ax=ax)
+    return fig
+
+
+def _budget_words(table: pd.DataFrame) -> str:
+    """'report 2', the common budget of the table's values, or 'last report'."""
+    if "compared_report" in table and table["compared_report"].notna().any():
+        return f"report {int(table['compared_report'].dropna().iloc[0])}"
+    return "last report"
+
+
+def _health_text(cell: pd.DataFrame) -> str:
+    """The cell's health beside its metric: the mean rise of the reference's NLL of its generations."""
+    if "gen_nll_rise" not in cell or not cell["gen_nll_rise"].notna().any():
+        return ""
+    return f"\nnll {cell['gen_nll_rise'].mean():+.2f}"
+
+
+def figure_frontier(table: pd.DataFrame, knobs: list[str], metric: str, marked: dict | None):
+    """The over-optimisation frontier: each trial's metric against its sampled KL from the reference (gen_kl),
+    at the compared budget. Blue: healthy; red x: flagged (never the sweet spot); a star: the sweet spot's
+    trials. None when no trial has both."""
+    if "gen_kl" not in table:
+        return None
+    rows = table[pd.to_numeric(table[metric], errors="coerce").notna() & pd.to_numeric(table["gen_kl"],
+                                                                                      errors="coerce").notna()]
+    if not len(rows):
+        return None
+    fig, ax = _figure(6.5, 4.5)
+    flagged = rows["reward_hacking"] != ""
+    ax.scatter(rows.loc[~flagged, "gen_kl"], rows.loc[~flagged, metric], s=40, color="tab:blue", label="healthy")
+    ax.scatter(rows.loc[flagged, "gen_kl"], rows.loc[flagged, metric], marker="x", s=60, color="red",
+               label="flagged (left out)")
+    for _, r in rows.iterrows():
+        ax.annotate(",".join(value_text(r[k]) for k in knobs), (r["gen_kl"], r[metric]), fontsize=6,
+                    xytext=(3, 3), textcoords="offset points")
+    if marked and knobs and all(k in marked for k in knobs):
+        spot = rows[np.logical_and.reduce([rows[k] == marked[k] for k in knobs])]
+        ax.scatter(spot["gen_kl"], spot[metric], marker="*", s=260, color="gold", edgecolors="black", zorder=5,
+                   label="sweet spot")
+    if (rows["gen_kl"] > 0).all() and rows["gen_kl"].max() / max(rows["gen_kl"].min(), 1e-12) >= 30:
+        ax.set_xscale("log")
+    ax.set_xlabel("sampled KL(policy || reference) per completion, nats (gen_kl)")
+    ax.set_ylabel(f"{metric} ({_budget_words(table)})")
+    ax.set_title(f"{metric} against the distance travelled from the reference\n(labels: "
+                 f"{', '.join(knobs) or 'trial'})", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     return fig
 
 
@@ -228,6 +276,7 @@ def draw_all(records: list[TrialRecord], table: pd.DataFrame, knobs: list[str], 
         x, line = axes_keys(knobs)
         figures["interaction"] = figure_interaction(table, knobs, metric, marked)
         figures["heatmap"] = figure_heatmap(table, knobs, metric, marked)
+        figures["frontier"] = figure_frontier(table, knobs, metric, marked)
         figures["main_effects"] = figure_main_effects(table, metric, knobs)
         figures["parallel_coordinates"] = figure_parallel_coordinates(table, metric, knobs)
         if anova is not None and anova.replicates[1] > 1 and line:  # with seeds: error bars and the p-value

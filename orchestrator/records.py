@@ -25,9 +25,11 @@ OOM_MARKERS = ("TrialOutOfMemory", "OutOfMemoryError", "CUDA out of memory")
 # Metrics the results table shows beside the ranked one.
 EXTRA_RESULT_METRICS = ("eval_rewards_accuracies", "answer_exact_rate", "answer_length_tokens", "eval_logps_chosen",
                         "eval_abs_logratio", "eval_loss", "gen_truncation_rate", "gen_length_ratio",
-                        "gen_repeat_ngram_rate", "gen_ref_nll_per_token", "gen_kl")
-# Bookkeeping columns of the results table: with the metrics, what is not a knob.
-BOOKKEEPING = frozenset({"trial", "status", "reports", "steps", "seconds", "reward_hacking"})
+                        "gen_repeat_ngram_rate", "gen_ref_nll_per_token", "gen_kl", "eval_pairs", "gen_prompts")
+# Bookkeeping columns of the results table: with the metrics, what is not a knob. gen_nll_rise: the health rule's
+# main part (trainables.health), how much less plausible the reference finds the policy's completions than its own.
+BOOKKEEPING = frozenset({"trial", "status", "reports", "steps", "seconds", "reward_hacking", "reward_hacking_detail",
+                         "gen_nll_rise", "compared_report", "left_out"})
 
 
 @dataclass
@@ -60,6 +62,14 @@ class TrialRecord:
         return "flagged"
 
     @property
+    def flag_detail(self) -> str:
+        """What the flagging signal saw, in words ('' when no trial flag or no words)."""
+        if not self.flagged or "reward_hack_detail" not in self.history:
+            return ""
+        named = self.history["reward_hack_detail"].dropna()
+        return str(named.iloc[-1]) if len(named) else ""
+
+    @property
     def status(self) -> str:
         if self.error:
             return OUT_OF_MEMORY if any(m in self.error for m in OOM_MARKERS) else FAILED
@@ -72,9 +82,17 @@ class TrialRecord:
         return STOPPED
 
     def last(self, metric: str) -> float:
-        if metric not in self.history or not len(self.history):
+        return self.at(metric)
+
+    def at(self, metric: str, index: int | None = None) -> float:
+        """The metric at report `index` (0-based; None: the last report; -1 past the trial's end: NaN)."""
+        if metric not in self.history or not len(self.history) or index == -1:
             return math.nan
-        return float(self.history[metric].iloc[-1])
+        value = self.history[metric].iloc[-1 if index is None else index]
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return math.nan
 
     def best(self, metric: str, mode: str) -> float:
         """The metric at its best report: the largest for mode 'max', the smallest for 'min'."""
@@ -83,25 +101,35 @@ class TrialRecord:
         return float(self.history[metric].max() if mode == "max" else self.history[metric].min())
 
 
-def results_table(records: list[TrialRecord], metric: str, mode: str = "max") -> pd.DataFrame:
+def results_table(records: list[TrialRecord], metric: str, mode: str = "max", at_report: int | None = None,
+                  ) -> pd.DataFrame:
     """One row per trial: its knobs, status, the metric at its last report and at its best (by `mode`), and
-    the other metrics shown beside it."""
+    the other metrics shown beside it.
+
+    `at_report`: read every metric at that report (1-based) instead of the last: the common budget at which the
+    analysis compares trials that a scheduler stopped at different points. A trial with fewer reports gets NaN
+    there (it never reached that budget); `final_<metric>` keeps its last value either way."""
     rows = []
     for r in records:
+        at = None if at_report is None else (at_report - 1 if r.reports >= at_report else -1)
         row = {"trial": r.trial_id, **r.params, "status": r.status, "reports": r.reports,
                "steps": r.last("step"), "seconds": r.last("time_total_s"),  # what it ran, in Ray's training time
-               metric: r.last(metric), f"best_{metric}": r.best(metric, mode)}
+               metric: r.at(metric, at), f"best_{metric}": r.best(metric, mode)}
+        if at_report is not None:
+            row[f"final_{metric}"], row["compared_report"] = r.last(metric), at_report
         for extra in EXTRA_RESULT_METRICS:
             if extra in r.history and extra != metric:
-                row[extra] = r.last(extra)
+                row[extra] = r.at(extra, at)
+        row["gen_nll_rise"] = r.at("gen_ref_nll_per_token", at) - r.at("ref_gen_ref_nll_per_token", at)
         row["reward_hacking"] = r.flag_signal  # which signal flagged it, '' for none
+        row["reward_hacking_detail"] = r.flag_detail
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def not_knobs(metric: str) -> set[str]:
     """Columns of a results table that are neither knobs nor replicates."""
-    return {*BOOKKEEPING, *EXTRA_RESULT_METRICS, metric, f"best_{metric}"}
+    return {*BOOKKEEPING, *EXTRA_RESULT_METRICS, metric, f"best_{metric}", f"final_{metric}"}
 
 
 def unique_steps(history: pd.DataFrame) -> pd.DataFrame:

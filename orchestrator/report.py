@@ -19,7 +19,12 @@ from orchestrator.analysis import SweepAnalysis
 
 # The order plots appear in, with what each answers.
 PLOT_CAPTIONS = {
-    "heatmap": "The metric over the beta x learning-rate grid; the red box is the sweet spot.",
+    "heatmap": "The metric over the beta x learning-rate grid at the common budget, each cell with its generations' "
+               "health (nll: how much less plausible the reference finds them than its own); the red box is the "
+               "sweet spot, ! a flagged trial.",
+    "frontier": "The over-optimisation frontier: each trial's metric against how far it moved from the reference "
+                "(sampled KL). Gains bought with a long way travelled are the ones that break; red crosses were "
+                "flagged and left out.",
     "interaction": "One line per beta across learning rates: crossing or diverging lines are an interaction. "
                    "Grey rings: stopped early; red crosses: reward-hacking flag.",
     "interaction_means": "Means and standard errors over seeds, with the interaction's ANOVA p-value.",
@@ -71,6 +76,9 @@ def _sections(analysis: SweepAnalysis) -> list[tuple[str, str]]:
     out.append(("Findings", "\n".join(n for n in notes if n)))
     if analysis.cost:
         out.append(("Cost", analysis.cost.describe()))
+    if analysis.compute:
+        out.append(("Compute", (f"The figures came from trials computed in {analysis.compute}; the same sweep on a "
+                               "device with another compute dtype can rank the top cells differently.")))
     return out
 
 

@@ -32,9 +32,9 @@ def halving_rungs(num_trials: int, grace_period: int, max_t: int, eta: float) ->
 
 
 def eligible(result: dict, metric: str, max_abs_logratio: float | None) -> bool:
-    """Whether a trial may be promoted at a rung: a finite metric, no further from the reference than
-    analysis.max_abs_logratio (beyond it the analysis leaves a trial out of the sweet spot), and no
-    reward-hacking flag (stricter than the analysis, which only marks flagged trials)."""
+    """Whether a trial may be promoted at a rung: a finite metric, no reward-hacking flag (by default the
+    generations' health rule, trainables.health) and no further from the reference than
+    analysis.max_abs_logratio - the rules by which the analysis leaves a trial out of the sweet spot."""
     value = result.get(metric)
     if value is None or not math.isfinite(value) or result.get("reward_hack_flag"):
         return False
@@ -103,8 +103,8 @@ def build_scheduler(settings: SchedulerSettings, max_reports: int, num_trials: i
                     max_running: int | None = None, max_abs_logratio: float | None = None):
     """`num_trials`: how many trials the sweep has (synchronous halving puts them all in one bracket);
     `max_running`: resources.max_concurrent_trials, which halving enforces itself; `max_abs_logratio`:
-    analysis.max_abs_logratio, beyond which halving promotes no trial."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    analysis.max_abs_logratio, beyond which neither halving nor ASHA promotes a trial (nor a flagged one)."""
+    from ray.tune.schedulers import FIFOScheduler
 
     max_t = max(max_reports, settings.grace_period)
     if settings.kind == "fifo":
@@ -114,5 +114,24 @@ def build_scheduler(settings: SchedulerSettings, max_reports: int, num_trials: i
             raise ValueError("scheduler.kind 'halving' needs the number of trials (a grid, or search.num_samples)")
         return sync_halving(num_trials, settings.grace_period, max_t, settings.reduction_factor, max_running,
                             max_abs_logratio)
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=settings.grace_period,
-                         reduction_factor=settings.reduction_factor)
+    return guarded_asha(max_t, settings.grace_period, settings.reduction_factor, max_abs_logratio)
+
+
+def guarded_asha(max_t: int, grace_period: int, eta: float, max_abs_logratio: float | None = None):
+    """Ray's ASHA, except that a trial not `eligible` at a rung is stopped there instead of being judged on its
+    metric (a collapsed policy can top the ranking). It is not recorded at the rung: the cutoff stays that of
+    the eligible trials."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class GuardedASHA(ASHAScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            t = result.get(self._time_attr)
+            if t is not None and self._metric in result and not eligible(result, self._metric, max_abs_logratio):
+                bracket = self._trial_info[trial.trial_id]
+                if any(t >= milestone and trial.trial_id not in recorded for milestone, recorded in bracket._rungs):
+                    self._num_stopped += 1
+                    return TrialScheduler.STOP
+            return super().on_trial_result(tune_controller, trial, result)
+
+    return GuardedASHA(time_attr="training_iteration", max_t=max_t, grace_period=grace_period,
+                       reduction_factor=eta)

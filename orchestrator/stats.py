@@ -291,14 +291,23 @@ def _neighbour_weights(keys: list[tuple], levels: list[list]) -> np.ndarray:
 
 
 def robust_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[str],
-                      exclude: pd.Series | None = None) -> SweetSpot | None:
+                      exclude: pd.Series | None = None, same_budget: bool = False, cliffs: pd.Series | None = None,
+                      noise_n: float | None = None, tie_se: float = 0.0,
+                      closeness: str | None = None) -> SweetSpot | None:
     """The cell whose neighbourhood is best, not the luckiest single cell; None when no trial is eligible.
 
     Cells are means over replicates. A cell whose trials all diverged counts, as a neighbour, as the worst
     cell of the grid (a cliff next door makes a cell risky); rows in `exclude` (e.g. drifted from the
     reference) are left out altogether. As in `analysis.pick_best`, only cells with a completed trial are
     candidates while any trial completed, and an ASHA-stopped trial counts only where its cell has no
-    completed one (its last value is from earlier in training).
+    completed one (its last value is from earlier in training) - unless `same_budget`: the table holds every
+    trial's values at one common report (`analysis.common_budget`), so every cell is a candidate.
+
+    `cliffs`: rows that count as cliffs too (flagged trials: a collapse next door), where their cell has no other
+    trial. Near ties: with `noise_n` (the count a rate metric is measured on, e.g. held-out pairs) and `tie_se` > 0,
+    the candidates whose neighbourhood average is within tie_se binomial standard errors of a difference of the
+    best one's are a tie, and the tie goes to the cell closest to the reference (the lowest mean `closeness`, e.g.
+    gen_kl): of equals, the policy that moved least.
     """
     sign = _better(mode)
     if not knobs or any(k not in table for k in knobs):
@@ -310,7 +319,8 @@ def robust_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[s
     rows = rows.dropna(subset=knobs)
     if not len(rows):
         return None
-    done = rows["status"] == COMPLETED if "status" in rows else pd.Series(True, index=rows.index)
+    done = (rows["status"] == COMPLETED if "status" in rows and not same_budget
+            else pd.Series(True, index=rows.index))
     any_done = bool(done.any())
     values, candidate = {}, {}
     for key, g in rows.groupby(knobs):
@@ -319,7 +329,10 @@ def robust_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[s
         values[key] = g.loc[fin, metric].to_numpy() if fin.any() else g[metric].to_numpy()
         candidate[key] = bool(fin.any()) or not any_done
     if "status" in table:
-        for key, g in table[table["status"] == DIVERGED].dropna(subset=knobs).groupby(knobs):
+        cliff_rows = table["status"] == DIVERGED
+        if cliffs is not None:
+            cliff_rows |= cliffs.eq(True).reindex(table.index, fill_value=False)
+        for key, g in table[cliff_rows].dropna(subset=knobs).groupby(knobs):
             key = tuple(_plain(k) for k in (key if isinstance(key, tuple) else (key,)))
             values.setdefault(key, None)  # a cliff: only where no trial of the cell survived
     keys = list(values)
@@ -336,6 +349,20 @@ def robust_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[s
     means = np.array([np.nan if v is None else v.mean() for v in (values[k] for k in keys)])
     score = scores(means)
     order = sorted(np.flatnonzero(is_cand), key=lambda i: (-sign * score[i], -sign * means[i]))
+    tie_note = ""
+    if noise_n and tie_se > 0 and closeness and closeness in rows and len(order) > 1:
+        p = min(max(float(score[order[0]]), 1 / noise_n), 1 - 1 / noise_n)
+        band = tie_se * math.sqrt(2 * p * (1 - p) / noise_n)
+        tied = [i for i in order if sign * (score[order[0]] - score[i]) <= band]
+        close = rows.groupby(knobs)[closeness].mean()
+        near = {i: float(close.get(keys[i] if len(knobs) > 1 else keys[i][0], math.nan)) for i in tied}
+        if len(tied) > 1 and all(math.isfinite(v) for v in near.values()):
+            pick = min(tied, key=lambda i: near[i])
+            order = [pick] + [i for i in order if i != pick]
+            tie_note = (f"{len(tied)} cells are within the held-out noise of the best neighbourhood average "
+                        f"({tie_se:g} SE of a difference on {noise_n:g} measurements, {band:.2g}): a tie, given to "
+                        f"the one closest to the reference ({closeness} {near[pick]:.3g}, against "
+                        + ", ".join(f"{near[i]:.3g}" for i in tied if i != pick) + ")")
     best, second = order[0], (order[1] if len(order) > 1 else None)
     n = len(values[keys[best]])
     se = float(values[keys[best]].std(ddof=1) / math.sqrt(n)) if n > 1 else None
@@ -359,7 +386,8 @@ def robust_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[s
         score=float(score[best]), n=n, se=se, runner_up=up,
         runner_up_mean=None if second is None else float(means[second]),
         runner_up_score=None if second is None else float(score[second]),
-        confidence=_confidence(sign, means, score, best, second, up, n, se, replicated, spread, win_rate),
+        confidence=(f"{tie_note}; runner-up {_where(up)}, neighbourhood average {score[second]:.3g}" if tie_note
+                    else _confidence(sign, means, score, best, second, up, n, se, replicated, spread, win_rate)),
         win_rate=win_rate, cells=cells)
 
 

@@ -33,21 +33,46 @@ def test_table_statuses_best_and_plots(records, tmp_path):
     assert list(a.table["trial"]) == ["a", "b", "c", "d"]
     assert dict(zip(a.table["trial"], a.table["status"], strict=True)) == {
         "a": COMPLETED, "b": COMPLETED, "c": COMPLETED, "d": STOPPED}
-    assert a.best["trial"] == "c" and a.best["eval_rewards_accuracies"] == a.table["eval_rewards_accuracies"].max()
-    # The sweet spot is the best neighbourhood, not the luckiest cell: c's 0.99 sits beside d's 0.55.
-    assert "Sweet spot: beta=0.1, learning_rate=0.0001 -> eval_rewards_accuracies 0.8500" in a.summary
-    assert "Best single trial: beta=0.1, learning_rate=0.001" in a.summary
-    assert a.recommendation.startswith("Use beta 0.1, learning rate 0.0001")
-    assert "Reward-hacking flag on 1/4 trial(s) (by signal: chosen_logp_drop 1)" in a.summary
+    # c's 0.99 is flagged: never the best trial nor the sweet spot, and the summary says why.
+    assert a.best["trial"] == "a" and a.best["eval_rewards_accuracies"] == 0.85
+    # Compared at the common budget: d stopped after one report, so every cell is read at report 1.
+    assert list(a.table["compared_report"].unique()) == [1]
+    assert list(a.table["final_eval_rewards_accuracies"]) == [0.85, 0.72, 0.99, 0.55]
+    assert "Sweet spot: beta=0.1, learning_rate=0.0001 -> eval_rewards_accuracies 0.6000" in a.summary
+    assert "at report 1 of 4" in a.sweet_spot_line
+    assert "Best single trial: beta=0.1, learning_rate=0.0001" in a.summary
+    assert a.recommendation.startswith("Eval_rewards_accuracies compared at report 1 of 4 (step 10)")
+    assert "Use beta 0.1, learning rate 0.0001" in a.recommendation
+    assert "Left out of the choice (1 of 4): beta 0.1, learning rate 0.001 (flagged by chosen_logp_drop)" \
+        in a.recommendation
+    assert "Flagged, so left out of the sweet spot and of promotion, 1/4 trial(s) (by signal: chosen_logp_drop 1)" \
+        in a.summary
     assert pd.read_csv(a.table_path).shape[0] == 4
-    for name in ("interaction", "heatmap", "learning_curves"):
+    for name in ("interaction", "heatmap", "learning_curves"):  # no gen_kl in these records: no frontier
         assert a.plots[name].is_file() and a.plots[name].stat().st_size > 10_000
 
 
 def test_drifted_trials_are_left_out_of_the_sweet_spot(records, tmp_path):
+    records[2] = record("c", 0.1, 1e-3, [0.8, 0.95, 0.97, 0.99], drift=5.0)  # not flagged, only far
     a = analyze(records, "eval_rewards_accuracies", "max", tmp_path, max_abs_logratio=1.4)
     assert a.best["trial"] == "a"
     assert "Left out of the sweet spot, policy more than 1.4 nats" in a.summary and "beta=0.1,learning_rate=0.001" in a.summary
+
+
+def test_the_sweet_spot_is_compared_at_the_last_report_every_trial_reached(tmp_path):
+    """Under halving the one trial that ran to the end is not weighed against the stopped trials' earlier values:
+    all are read at the first rung, where the stopped cells were ahead."""
+    recs = [record("x", 0.1, 1e-4, [0.9, 0.95, 0.99, 0.992]), record("y", 0.5, 1e-4, [0.996]),
+            record("z", 0.5, 1e-3, [0.996]), record("w", 0.1, 1e-3, [0.5])]
+    a = analyze(recs, "eval_rewards_accuracies", "max", tmp_path)
+    assert a.budget.report == 1 and a.budget.of == 4 and a.budget.compared == 4
+    assert a.sweet_spot.values == {"beta": 0.5, "learning_rate": 1e-4} and a.sweet_spot.mean == 0.996
+    assert a.best["trial"] == "x"  # the adapter to take is still the trial that trained longest
+    # Every trial completed: the comparison is at the end, as before.
+    done = [record("x", 0.1, 1e-4, [0.5, 0.9]), record("y", 0.5, 1e-4, [0.95, 0.6])]
+    b = analyze(done, "eval_rewards_accuracies", "max", tmp_path, )
+    assert (b.budget.report, b.budget.of) == (2, 2) and "at report" not in b.sweet_spot_line
+    assert "compared at report 2 (step 20), the end of every compared trial's training" in b.recommendation
 
 
 def test_stopped_trials_rank_only_when_none_completed(tmp_path):

@@ -98,3 +98,18 @@ def test_a_sweep_where_no_trial_reported_draws_what_it_can_without_raising(tmp_p
     assert plots.figure_interaction(t, knobs, METRIC, None) is None
     drawn = plots.draw_all([], t, knobs, METRIC, None, None, tmp_path)
     assert drawn == {"learning_curves": tmp_path / "learning_curves.png"} and drawn["learning_curves"].is_file()
+
+
+def test_the_frontier_plots_the_metric_against_the_sampled_kl_with_flagged_trials_and_the_sweet_spot():
+    t = grid(interacting, reps=1)
+    t["gen_kl"] = np.linspace(0.01, 5.0, len(t))
+    t["gen_nll_rise"] = np.linspace(0.0, 2.0, len(t))
+    t.loc[len(t) - 1, "reward_hacking"] = "health"
+    (ax,) = plots.figure_frontier(t, KNOBS, METRIC, marked(t)).axes
+    assert ax.get_xlabel().startswith("sampled KL") and ax.get_ylabel() == f"{METRIC} (last report)"
+    assert [x.get_text() for x in ax.get_legend().get_texts()] == ["healthy", "flagged (left out)", "sweet spot"]
+    assert len(ax.texts) == len(t)  # every trial labelled with its knobs
+    # The heatmap carries each cell's health beside its metric.
+    (hm, _colorbar) = plots.figure_heatmap(t, KNOBS, METRIC, marked(t)).axes
+    assert all("\nnll " in text.get_text() for text in hm.texts)
+    assert plots.figure_frontier(t.drop(columns="gen_kl"), KNOBS, METRIC, None) is None

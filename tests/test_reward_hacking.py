@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainables import detectors
+from trainables import detectors, health
 from trainables.config import RewardHackingSettings, TrialSpec
 from trainables.reward_hacking import RewardHackingMonitor
 
@@ -129,18 +129,48 @@ def test_unknown_signal_is_refused():
         RewardHackingSettings(signals=["vibes"])
 
 
-def test_the_default_is_the_signal_and_threshold_the_calibration_chose():
-    """README's calibration block (written by benchmarks/detector_calibration.py) names the default; the settings
-    must say the same."""
+def test_the_default_is_the_health_rule_at_the_threshold_the_selection_benchmark_chose():
+    """README's health calibration block (written by benchmarks/selection_regret.py) names the shipped threshold;
+    the settings must say the same, and the health rule must be the default flag."""
     import re
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("<!-- detector_calibration:begin -->", 1)[1].split("<!-- detector_calibration:end -->", 1)[0]
-    found = re.search(r"^Shipped default \(`trainables.config.RewardHackingSettings`\): `(\w+)` at ([0-9.e+-]+),",
-                      block, re.MULTILINE)
+    block = readme.split("<!-- health_calibration:begin -->", 1)[1].split("<!-- health_calibration:end -->", 1)[0]
+    found = re.search(r"^Shipped default \(`trainables.config.HealthSettings`\): nll_rise ([0-9.e+-]+),", block,
+                      re.MULTILINE)
     assert found, "the calibration block names no default"
-    signal, threshold = found.group(1), float(found.group(2))
     settings = RewardHackingSettings()
-    assert settings.enabled and settings.signals == [signal]
-    assert getattr(settings, signal) == threshold
+    assert settings.enabled and settings.signals == ["health"]
+    assert settings.health.nll_rise == float(found.group(1))
+
+
+def health_report(nll, ref_nll=0.3, ratio=1.0, trunc=0.0, ref_trunc=0.0, rep=0.0, ref_rep=0.0, step=10):
+    return {"step": step, "gen_ref_nll_per_token": nll, "ref_gen_ref_nll_per_token": ref_nll,
+            "gen_length_ratio": ratio, "gen_truncation_rate": trunc, "ref_gen_truncation_rate": ref_trunc,
+            "gen_repeat_ngram_rate": rep, "ref_gen_repeat_ngram_rate": ref_rep}
+
+
+def test_the_health_rule_reads_each_part_against_the_reference_and_names_what_failed():
+    th = RewardHackingSettings().health
+    assert health.failed_parts(health_report(0.3 + th.nll_rise * 0.9), th) == {}
+    assert set(health.failed_parts(health_report(0.3 + th.nll_rise * 1.1), th)) == {"nll_rise"}
+    assert set(health.failed_parts(health_report(0.3, ratio=1 + th.length_change + 0.1), th)) == {"length_change"}
+    assert set(health.failed_parts(health_report(0.3, ratio=1 - th.length_change - 0.1), th)) == {"length_change"}
+    # Rises over the reference's own rates, not absolute rates: a reference that truncates half is no flag.
+    assert health.failed_parts(health_report(0.3, trunc=0.5, ref_trunc=0.5), th) == {}
+    assert set(health.failed_parts(health_report(0.3, trunc=0.5 + th.truncation_rise + 0.05, ref_trunc=0.5), th)) \
+        == {"truncation_rise"}
+    assert set(health.failed_parts(health_report(0.3, rep=th.repeat_rise + 0.05), th)) == {"repeat_rise"}
+    # A report without the generation evaluation (or a NaN from a diverged policy) is not judged.
+    assert health.failed_parts({"step": 1, "gen_ref_nll_per_token": float("nan")}, th) == {}
+    text = health.describe(health_report(2.3), th)
+    assert "NLL of the policy's completions rose 2.00 nats/token" in text and f"threshold {th.nll_rise:g}" in text
+
+
+def test_the_default_monitor_flags_degenerating_generations_and_the_flag_sticks():
+    m = RewardHackingMonitor(RewardHackingSettings(), 4)
+    out = [m.update(health_report(nll, step=10 * (i + 1))) for i, nll in enumerate([0.3, 0.35, 3.0, 0.4])]
+    assert [o["reward_hack_flag"] for o in out] == [0, 0, 1, 1]
+    assert m.flagged_at_step == 30 and out[-1]["reward_hack_signal"] == "health"
+    assert "nats/token" in out[-1]["reward_hack_detail"]

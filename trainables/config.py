@@ -211,18 +211,35 @@ def _loss_problem(loss_type: str, label_smoothing: float) -> str | None:
 HACKING_SIGNALS = (*SIGNALS, "reward_rise")  # reward_rise also reads the epoch length: trainables.reward_hacking
 
 
+class HealthSettings(StrictModel):
+    """The thresholds of the generations' health rule (`trainables.health`): a report is unhealthy when any is
+    exceeded. Calibrated across tasks by benchmarks/selection_regret.py (README, "Choosing the trial")."""
+
+    nll_rise: float = Field(0.5, gt=0, description="Nats per token by which the reference model may find the "
+                            "policy's greedy completions less plausible than its own.")
+    length_change: float = Field(0.5, gt=0, description="Relative change of the completions' length from the "
+                                 "reference's (0.5: half as long again, or half as short).")
+    truncation_rise: float = Field(0.25, gt=0, le=1, description="Rise of the share of completions cut at the "
+                                   "token cap, over the reference's.")
+    repeat_rise: float = Field(0.2, gt=0, le=1, description="Rise of the share of repeated n-grams in the "
+                               "completions, over the reference's.")
+
+
 class RewardHackingSettings(StrictModel):
     """When a trial is flagged as reward hacking: its policy degrading while its reward looks fine.
 
     Any enabled signal that fires flags the trial, and the flag names it (`trainables.detectors` says what
-    each catches and misses). Each signal's threshold is the field of its name. No signal held on both
-    calibration tasks (benchmarks/detector_calibration.py, README "Reward hacking"); the default is the
-    precision-first choice there, which catches gross collapse only.
+    each catches and misses). Each signal's threshold is the field of its name. A flagged trial is never the
+    sweet spot and is not promoted by halving or ASHA: the flag is the selection guard too. The default signal,
+    `health`, reads the generations beside the reference's (`trainables.health`); its thresholds were calibrated
+    on one task and scored on another (benchmarks/selection_regret.py, README "Choosing the trial").
     """
 
     enabled: bool = Field(True, description="Watch trials for reward hacking at every report.")
     signals: list[Literal[HACKING_SIGNALS]] = Field(  # type: ignore[valid-type]
-        ["drift_per_token"], min_length=1, description=f"Any of {', '.join(HACKING_SIGNALS)}.")
+        ["health"], min_length=1, description=f"Any of {', '.join(HACKING_SIGNALS)}.")
+    health: HealthSettings = Field(default_factory=HealthSettings,
+                                   description="Thresholds of the generations' health rule (signal 'health').")
     chosen_displacement: float = Field(0.5, gt=0, description="Nats per token the held-out chosen completions may "
                                        "fall below the reference model's log-prob.")
     drift_per_token: float = Field(3.0, gt=0, description="Nats per token of mean |log pi - log pi_ref| on "

@@ -37,6 +37,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from trainables import health
+
 History = Sequence[Mapping[str, float]]
 EPS = 1e-8
 REFERENCE_PREFIX = "ref_"  # trainables.trial: the reference model's probe answers, in every report
@@ -222,4 +224,6 @@ SIGNALS: dict[str, Signal] = {
         f"mean |log pi - log pi_ref| on held-out completions reached {h[i]['eval_abs_logratio']:.2f} nats "
         f"(threshold {t:g})")),
     "train_up_eval_down": Signal(train_up_eval_down, _describe_train_up),
+    # The generations' health (trainables.health): its threshold is the four-part HealthSettings, not a float.
+    "health": Signal(lambda h, t: health.first_unhealthy(h, t), lambda h, i, t: health.describe(h[i], t)),
 }

@@ -29,17 +29,16 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from trainables.config import ConfigError, EvaluationSettings
+from trainables.metrics import is_function_spec, reward_name
 
 REF_PREFIX = "ref_"
 HEALTH_METRICS = ("gen_truncation_rate", "gen_length_tokens", "gen_length_ratio", "gen_repeat_ngram_rate",
@@ -197,22 +196,6 @@ def _mean(values) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ rewards
-
-def metric_suffix(name: str) -> str:
-    """A reward's name as a metric suffix: letters, digits and underscores ('/' would nest it in Tune)."""
-    return re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_").lower() or "reward"
-
-
-def is_function_spec(spec: str) -> bool:
-    """'module:function' (not a reward model's directory that happens to hold a ':')."""
-    return ":" in spec and not Path(spec).exists()
-
-
-def reward_name(spec: str) -> str:
-    """The metric suffix of a reward_funcs entry, read without loading it: the function's name after ':', or
-    a reward model's last path part."""
-    return metric_suffix(spec.partition(":")[2] if is_function_spec(spec) else (Path(spec).name or spec))
-
 
 @dataclass
 class Reward:
@@ -419,6 +402,7 @@ class GenerationEval:
                 if pairs:
                     m[f"eval_win_rate_{name}"] = _mean(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs)
         m["gen_seconds"] = time.perf_counter() - start  # this evaluation's cost: generation, scoring, rewards
+        m["gen_prompts"] = len(self.texts)  # the resolution of the win rates: 1 / gen_prompts
         table = []
         for i, row in enumerate(self.rows):
             entry = {"step": step, "prompt": self.texts[i], "reference": self.reference["texts"][i],

@@ -3,7 +3,9 @@ by, watch, or plot."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # report(metrics, checkpoint_dir): called at every report step (Ray's tune.report, a printer, a list's append).
@@ -33,3 +35,26 @@ def reported_metrics(has_probes: bool, evaluation=None) -> set[str]:
 def clean_metric_name(key: str) -> str:
     """'eval_rewards/accuracies' -> 'eval_rewards_accuracies' ('/' nests keys in Ray Tune results)."""
     return key.replace("/", "_")
+
+
+def metric_suffix(name: str) -> str:
+    """A reward's name as a metric suffix: letters, digits and underscores ('/' would nest it in Tune)."""
+    return re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_").lower() or "reward"
+
+
+def is_function_spec(spec: str) -> bool:
+    """'module:function' (not a reward model's directory that happens to hold a ':')."""
+    return ":" in spec and not Path(spec).exists()
+
+
+def reward_name(spec: str) -> str:
+    """The metric suffix of an evaluation.reward_funcs entry, read without loading it: the function's name after
+    ':', or a reward model's last path part."""
+    return metric_suffix(spec.partition(":")[2] if is_function_spec(spec) else (Path(spec).name or spec))
+
+
+def default_metric(reward_funcs: list[str]) -> str:
+    """What a sweep ranks by when its YAML names no search.metric: the first reward function's win rate against
+    the reference's completions where there is one (it sees what the model generates), else held-out pair
+    accuracy."""
+    return f"eval_win_rate_{reward_name(reward_funcs[0])}" if reward_funcs else PRIMARY_METRIC

@@ -23,12 +23,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from trainables import detectors
+from trainables import detectors, health
 from trainables.config import RewardHackingSettings
 
 WATCHED = ("step", "eval_chosen_logratio_per_token", "eval_abs_logratio_per_token", "answer_length_tokens",
            "answer_exact_rate", "answer_valid_rate", "eval_logps_chosen", "eval_abs_logratio",
-           "train_rewards_margins", "eval_rewards_accuracies")
+           "train_rewards_margins", "eval_rewards_accuracies", *health.READS)
 WATCHED_REFERENCE = tuple(detectors.REFERENCE_PREFIX + k for k in ("answer_length_tokens", "answer_exact_rate",
                                                                    "answer_valid_rate"))
 

@@ -178,6 +178,7 @@ class ReportCallback(TrainerCallback):
         self.last_checkpoint: str | None = None
         self.reference: dict[str, float] = {}
         self.tokens_per_step = 0.0  # set by build_trainer from the tokenized training set (`tokens_per_step`)
+        self.compute = ""  # set by build_trainer: the compute dtype and device, e.g. 'bfloat16 on cuda'
         self.generation = generation  # trainables.generation.GenerationEval, or None
         self.completions: list[dict[str, Any]] = []  # this report's completions table
         self.monitor = (RewardHackingMonitor(spec.reward_hacking, self.reports_per_epoch)
@@ -242,6 +243,7 @@ class ReportCallback(TrainerCallback):
             m.update(self.probe(model))
         if eval_dataloader is not None:
             m.update(reference_divergence(model, eval_dataloader))
+            m["eval_pairs"] = len(eval_dataloader.dataset)  # the resolution of the held-out rates: 1 / eval_pairs
         if self.generation is not None:
             self.ensure_generation_reference(model, state.global_step)  # an evaluation before any training
             gen, self.completions = self.generation.evaluate(model, state.global_step)
@@ -252,7 +254,8 @@ class ReportCallback(TrainerCallback):
     def on_save(self, args, state, control, **kw):
         ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         metrics = {**(self.evaluated or {}), **self.reference, **self.train_logs, "step": state.global_step,
-                   "epoch": round(state.epoch or 0.0, 4), "tokens_seen": state.global_step * self.tokens_per_step}
+                   "epoch": round(state.epoch or 0.0, 4), "tokens_seen": state.global_step * self.tokens_per_step,
+                   "compute": self.compute}
         self.evaluated = None
         # A NaN or Inf loss or metric does not come back: say so and stop spending compute on it.
         non_finite = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
@@ -328,6 +331,9 @@ def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_
     )
     trainer.remove_callback(PrinterCallback)  # it prints every raw log dict; `report` is the output
     callback.tokens_per_step = tokens_per_step(trainer.train_dataset, spec)
+    from trainables.model import resolve_compute_dtype
+
+    callback.compute = f"{resolve_compute_dtype(spec.model.compute_dtype, device)} on {device.type}"
     return trainer, data, callback
 
 
