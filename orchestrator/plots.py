@@ -133,23 +133,24 @@ def figure_frontier(table: pd.DataFrame, knobs: list[str], metric: str, marked: 
     trials. None when no trial has both."""
     if "gen_kl" not in table:
         return None
-    rows = table[pd.to_numeric(table[metric], errors="coerce").notna() & pd.to_numeric(table["gen_kl"],
-                                                                                      errors="coerce").notna()]
+    # As floats: a column holding None beside numbers is object dtype, and the legend's placement cannot read it.
+    x, y = pd.to_numeric(table["gen_kl"], errors="coerce"), pd.to_numeric(table[metric], errors="coerce")
+    keep = x.notna() & y.notna()
+    rows, x, y = table[keep], x[keep].astype(float), y[keep].astype(float)
     if not len(rows):
         return None
     fig, ax = _figure(6.5, 4.5)
     flagged = rows["reward_hacking"] != ""
-    ax.scatter(rows.loc[~flagged, "gen_kl"], rows.loc[~flagged, metric], s=40, color="tab:blue", label="healthy")
-    ax.scatter(rows.loc[flagged, "gen_kl"], rows.loc[flagged, metric], marker="x", s=60, color="red",
-               label="flagged (left out)")
-    for _, r in rows.iterrows():
-        ax.annotate(",".join(value_text(r[k]) for k in knobs), (r["gen_kl"], r[metric]), fontsize=6,
+    ax.scatter(x[~flagged], y[~flagged], s=40, color="tab:blue", label="healthy")
+    ax.scatter(x[flagged], y[flagged], marker="x", s=60, color="red", label="flagged (left out)")
+    for i, r in rows.iterrows():
+        ax.annotate(",".join(value_text(r[k]) for k in knobs), (x[i], y[i]), fontsize=6,
                     xytext=(3, 3), textcoords="offset points")
     if marked and knobs and all(k in marked for k in knobs):
-        spot = rows[np.logical_and.reduce([rows[k] == marked[k] for k in knobs])]
-        ax.scatter(spot["gen_kl"], spot[metric], marker="*", s=260, color="gold", edgecolors="black", zorder=5,
+        spot = np.logical_and.reduce([rows[k] == marked[k] for k in knobs])
+        ax.scatter(x[spot], y[spot], marker="*", s=260, color="gold", edgecolors="black", zorder=5,
                    label="sweet spot")
-    if (rows["gen_kl"] > 0).all() and rows["gen_kl"].max() / max(rows["gen_kl"].min(), 1e-12) >= 30:
+    if (x > 0).all() and x.max() / max(x.min(), 1e-12) >= 30:
         ax.set_xscale("log")
     ax.set_xlabel("sampled KL(policy || reference) per completion, nats (gen_kl)")
     ax.set_ylabel(f"{metric} ({_budget_words(table)})")

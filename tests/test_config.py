@@ -121,6 +121,21 @@ def test_overrides_are_dotted_and_typed_as_yaml(tmp_path):
         load_trial_spec(None, ["dpo.beta"])
 
 
+def test_exponents_without_a_dot_are_numbers_in_files_and_overrides(tmp_path):
+    """YAML 1.1 (PyYAML's default) reads 5e-4 as the string '5e-4': a learning-rate grid would sweep text."""
+    from orchestrator.config import load_sweep_config
+
+    path = tmp_path / "s.yaml"
+    path.write_text("trial: {dpo: {learning_rate: 2e-4}}\n"
+                    "search: {space: {beta: {grid: [0.1, 0.5]}, learning_rate: {grid: [5e-4, 1E-3]}}}\n")
+    cfg = load_sweep_config(path, ["search.space.beta.grid=[1e-1, 5e-1]"])
+    assert cfg.trial.dpo.learning_rate == 2e-4
+    lrs, betas = cfg.search.space["learning_rate"].grid, cfg.search.space["beta"].grid
+    assert lrs == [5e-4, 1e-3] and betas == [0.1, 0.5]
+    assert all(isinstance(v, float) for v in lrs + betas)
+    assert apply_overrides({}, ["a=5e-4x", "b=1_000", "c=12"]) == {"a": "5e-4x", "b": 1000, "c": 12}
+
+
 def test_bad_yaml_and_missing_file_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_trial_spec(tmp_path / "nope.yaml")
@@ -151,3 +166,13 @@ def test_default_paths_are_absolute_when_the_yaml_never_names_them():
 
     cfg = validate_sweep_config({"name": "minimal", "trial": {"data": {"source": "prefs.jsonl"}}})
     assert Path(cfg.storage.path).is_absolute() and Path(TrialSpec().output_dir).is_absolute()
+
+
+def test_a_reward_function_makes_its_win_rate_the_default_metric_unless_the_yaml_names_one():
+    from orchestrator.config import validate_sweep_config
+
+    reward = {"trial": {"evaluation": {"reward_funcs": ["trainables.arithmetic:exact_answer"]}}}
+    assert validate_sweep_config({}).search.metric == "eval_rewards_accuracies"
+    assert validate_sweep_config(reward).search.metric == "eval_win_rate_exact_answer"
+    named = {**reward, "search": {"metric": "eval_rewards_accuracies"}}
+    assert validate_sweep_config(named).search.metric == "eval_rewards_accuracies"

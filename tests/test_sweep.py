@@ -23,11 +23,12 @@ def sweep_config(model_cache, out, **sections):
 
 @pytest.fixture(scope="module")
 def asha_sweep(model_cache, tmp_path_factory):
-    """2 x 2: beta x learning_rate, where learning rate 1e-7 cannot learn. One trial at a time, so ASHA's
-    rungs fill in a fixed order: the two learning trials first, then the two that must be stopped."""
+    """2 x 2: beta x learning_rate, where learning rate 1e-7 cannot learn and 5e-4 learns without degrading its
+    generations (5e-3 would, and the guard would stop it). One trial at a time, so ASHA's rungs fill in a fixed
+    order: the two learning trials first, then the two that must be stopped."""
     out = tmp_path_factory.mktemp("asha")
     cfg = sweep_config(model_cache, out,
-                       search={"space": {"beta": {"grid": [0.1, 0.5]}, "learning_rate": {"grid": [5e-3, 1e-7]}}},
+                       search={"space": {"beta": {"grid": [0.1, 0.5]}, "learning_rate": {"grid": [5e-4, 1e-7]}}},
                        scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2},
                        resources={"max_concurrent_trials": 1})
     result = run_sweep(cfg, log=lambda *_: None, progress=False)

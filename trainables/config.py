@@ -383,6 +383,23 @@ def format_validation_error(err: ValidationError, root: type[BaseModel] | None =
     return problems
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats: `5e-4` and `1E3` are numbers, not the strings YAML 1.1 makes
+    of exponents without a dot (a learning-rate grid written [5e-4, 1e-3] would otherwise sweep text)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.VERBOSE),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """User YAML (a sweep or trial file, a --set value) as data, YAML 1.2 floats included."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'dpo.beta=0.2' -> (['dpo', 'beta'], 0.2); the value is read as YAML."""
     if "=" not in text:
@@ -391,7 +408,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise ConfigError([f"--set {text!r}: empty key"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -426,7 +443,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError([f"config file {str(p)!r} does not exist"])
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = load_yaml(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError([f"not valid YAML: {e}"], source=str(p)) from None
     if raw is None:

@@ -38,13 +38,14 @@ from typing import Any
 import torch
 
 from trainables.config import ConfigError, EvaluationSettings
-from trainables.metrics import is_function_spec, reward_name
+from trainables.metrics import (  # noqa: F401 - the names live with the other metric names; re-exported here
+    HEALTH_METRICS,
+    REF_PREFIX,
+    REFERENCE_BASELINES,
+    is_function_spec,
+    reward_name,
+)
 
-REF_PREFIX = "ref_"
-HEALTH_METRICS = ("gen_truncation_rate", "gen_length_tokens", "gen_length_ratio", "gen_repeat_ngram_rate",
-                  "gen_ref_nll_per_token", "gen_kl", "gen_kl_per_token")
-# The reference's own figures (a policy equal to the reference has length ratio 1 and KL 0: not repeated).
-REFERENCE_BASELINES = ("gen_truncation_rate", "gen_length_tokens", "gen_repeat_ngram_rate", "gen_ref_nll_per_token")
 TABLE_FILE = "completions.json"  # beside each report's checkpoint: that report's completions table
 
 
@@ -412,16 +413,6 @@ class GenerationEval:
                 entry[f"reference_reward_{name}"] = self.reference["rewards"].get(name, [None] * len(self.rows))[i]
             table.append(entry)
         return m, table
-
-
-def reported_names(settings: EvaluationSettings) -> set[str]:
-    """Every metric name a report carries from the generation evaluation, rewards included (`reward_name`: no
-    reward is loaded)."""
-    names = set(HEALTH_METRICS) | {REF_PREFIX + k for k in REFERENCE_BASELINES}
-    for spec in settings.reward_funcs:
-        suffix = reward_name(spec)
-        names |= {f"eval_reward_{suffix}", f"eval_win_rate_{suffix}", f"{REF_PREFIX}eval_reward_{suffix}"}
-    return names
 
 
 def build_generation_eval(spec, tokenizer, eval_rows: list[dict[str, Any]], conversational: bool, device,

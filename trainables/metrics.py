@@ -21,13 +21,17 @@ EVAL_METRICS = (
 )
 # Bundled tasks only (data.source synthetic or arithmetic): probes with known answers.
 ANSWER_METRICS = ("answer_exact_rate", "answer_valid_rate", "answer_length_tokens")
+# The generation evaluation's (trainables.generation): health of the policy's own completions, and the reference's.
+REF_PREFIX = "ref_"
+HEALTH_METRICS = ("gen_truncation_rate", "gen_length_tokens", "gen_length_ratio", "gen_repeat_ngram_rate",
+                  "gen_ref_nll_per_token", "gen_kl", "gen_kl_per_token")
+# The reference's own figures (a policy equal to the reference has length ratio 1 and KL 0: not repeated).
+REFERENCE_BASELINES = ("gen_truncation_rate", "gen_length_tokens", "gen_repeat_ngram_rate", "gen_ref_nll_per_token")
 
 
 def reported_metrics(has_probes: bool, evaluation=None) -> set[str]:
     """Names a sweep may rank or watch trials by; `evaluation` (EvaluationSettings) adds the generation
     evaluation's health metrics and each reward function's eval_reward_<name> / eval_win_rate_<name>."""
-    from trainables.generation import reported_names
-
     gen = reported_names(evaluation) if evaluation is not None else set()
     return set(EVAL_METRICS) | (set(ANSWER_METRICS) if has_probes else set()) | gen
 
@@ -58,3 +62,13 @@ def default_metric(reward_funcs: list[str]) -> str:
     the reference's completions where there is one (it sees what the model generates), else held-out pair
     accuracy."""
     return f"eval_win_rate_{reward_name(reward_funcs[0])}" if reward_funcs else PRIMARY_METRIC
+
+
+def reported_names(settings) -> set[str]:
+    """Every metric name a report carries from the generation evaluation (`settings`: its EvaluationSettings),
+    rewards included (read by `reward_name`: nothing is loaded)."""
+    names = set(HEALTH_METRICS) | {REF_PREFIX + k for k in REFERENCE_BASELINES}
+    for spec in settings.reward_funcs:
+        suffix = reward_name(spec)
+        names |= {f"eval_reward_{suffix}", f"eval_win_rate_{suffix}", f"{REF_PREFIX}eval_reward_{suffix}"}
+    return names
