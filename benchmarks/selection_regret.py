@@ -7,7 +7,7 @@
 
 Tasks (full grids, every trial run to the end, one grid per seed):
 - synthetic: tiny-llama on the bundled synthetic task (`trial_histories.BASE`), beta {0.01, 0.1, 0.5} x
-  learning_rate {5e-5, 5e-4, 1.5e-3, 5e-3}, seeds 0-2;
+  learning_rate {5e-5, 5e-4, 1.5e-3, 5e-3}, seeds 0-4;
 - arithmetic short / long: SmolLM2-135M-Instruct in NF4 + LoRA on the arithmetic chat task
   (`trial_histories.REAL_BASE`, 8 steps), beta {0.05, 0.5} x learning_rate {1e-4, 1e-3, 3e-3}, seeds 0-2 for the
   short form and seed 0 for the long one (a long-form trial costs ~13 min on one CPU thread).
@@ -39,12 +39,13 @@ from trainables import health
 from trainables.config import HealthSettings
 
 SEEDS = (0, 1, 2)
+SYNTHETIC_SEEDS = (0, 1, 2, 3, 4)  # a tiny-llama trial costs ~8 s
 SYNTHETIC_BETAS, SYNTHETIC_LRS = (0.01, 0.1, 0.5), (5e-5, 5e-4, 1.5e-3, 5e-3)
 REAL_BETAS, REAL_LRS = (0.05, 0.5), (1e-4, 1e-3, 3e-3)
 REAL_MAX_LENGTH = {"short": 64, "long": 128}  # the chat template's ~40 prompt tokens + the completion
 
 
-def synthetic_configs(seeds=SEEDS, betas=SYNTHETIC_BETAS, lrs=SYNTHETIC_LRS) -> list[dict[str, Any]]:
+def synthetic_configs(seeds=SYNTHETIC_SEEDS, betas=SYNTHETIC_BETAS, lrs=SYNTHETIC_LRS) -> list[dict[str, Any]]:
     return [{"dpo.beta": b, "dpo.learning_rate": lr, "dpo.seed": s, "data.synthetic.seed": s,
              "data.synthetic.label_noise": 0.0}
             for s in seeds for b in betas for lr in lrs]
@@ -105,7 +106,7 @@ def judgeable(rec: dict[str, Any]) -> bool:
 
 # ------------------------------------------------------------------------------------------- the health rule
 
-NLL_GRID = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+NLL_GRID = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.45, 0.5, 0.6, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 MAX_FALSE_ALARMS = 0.10  # the calibration's budget: the most-sensitive threshold whose false-alarm rate stays under
 
 
@@ -126,24 +127,27 @@ def score_rule(recs: list[dict[str, Any]], th: HealthSettings) -> dict[str, Any]
 
 
 def calibrate(recs: list[dict[str, Any]]) -> float:
-    """nll_rise: the lowest threshold (the most sensitive) whose false-alarm rate on `recs` is at most
-    MAX_FALSE_ALARMS; among thresholds of equal recall, the highest (the most headroom for healthy trials)."""
-    scored = [(t, score_rule(recs, thresholds(t))) for t in NLL_GRID]
-    quiet = [(t, s) for t, s in scored if (s["false_alarm_rate"] or 0) <= MAX_FALSE_ALARMS]
+    """nll_rise: the most sensitive (lowest) threshold of NLL_GRID whose false-alarm rate on `recs` is at most
+    MAX_FALSE_ALARMS both at it and at the grid step below it - a margin, so that a healthy trial just under the
+    line on this task does not decide it - and whose recall is the best such a threshold reaches."""
+    fa = [(score_rule(recs, thresholds(t))["false_alarm_rate"] or 0) for t in NLL_GRID]
+    quiet = [t for i, t in enumerate(NLL_GRID) if fa[i] <= MAX_FALSE_ALARMS and (i == 0 or fa[i - 1] <= MAX_FALSE_ALARMS)]
     if not quiet:
         return NLL_GRID[-1]
-    best_recall = max(s["recall"] or 0 for _, s in quiet)
-    return max(t for t, s in quiet if (s["recall"] or 0) == best_recall)
+    recall = {t: score_rule(recs, thresholds(t))["recall"] or 0 for t in quiet}
+    return min(t for t in quiet if recall[t] == max(recall.values()))
 
 
 # ------------------------------------------------------------------------------------------- selection rules
 
 def grids(recs: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-    """One full grid per seed."""
+    """One full grid per seed; a seed whose grid is still being run is left out (a rule could only pick among
+    what exists)."""
     out: dict[int, list[dict[str, Any]]] = {}
     for r in recs:
         out.setdefault(r["config"]["dpo.seed"], []).append(r)
-    return dict(sorted(out.items()))
+    cells = {(r["config"]["dpo.beta"], r["config"]["dpo.learning_rate"]) for r in recs}
+    return {s: g for s, g in sorted(out.items()) if len(g) == len(cells)}
 
 
 def records_of(grid: list[dict[str, Any]], th: HealthSettings | None):
@@ -196,7 +200,7 @@ def best_trial(grid: list[dict[str, Any]], th: HealthSettings | None, metric: st
     return None if best is None else int(table.index[table["trial"] == best["trial"]][0])
 
 
-TIE_SES = (1.0, 2.0)
+TIE_SES = (0.5, 1.0, 2.0)
 RULES = {
     "pair accuracy (best trial)": lambda g, th: best_trial(g, None),
     "pair accuracy (sweet spot)": lambda g, th: sweet_spot_trial(g, None),
@@ -271,7 +275,7 @@ def render(result: dict[str, Any], seconds: float) -> tuple[str, str]:
             lines.append(f"- {n}, {rule}: " + "; ".join(seed_text(r) for r in rows))
     calib = [(f"Health rule, ground truth 'answers ended below the reference model's' (trials whose reference answers "
              f"none are left out); nll_rise calibrated as the most sensitive threshold with at most "
-             f"{MAX_FALSE_ALARMS:.0%} false alarms on the calibration task."), "",
+             f"{MAX_FALSE_ALARMS:.0%} false alarms on the calibration task, there and one grid step lower."), "",
              "| calibrated on | nll_rise | scored on | result |", "|---|---|---|---|"]
     calib += [f"| {c['calibrated_on']} | {c['threshold']:g} | {c['scored_on']} | {cell_text(c)} |"
               for c in result["cross_task"]]

@@ -12,16 +12,20 @@ reference's one-off cost.
   seconds per step (a trial that never reported projects nothing), less what it ran.
 - The shared reference: its one-off seconds, and what it saved, estimated as one such pass per other trial
   (without it each trial computes the reference log-probs of the same data itself).
+- Where the seconds went: each trial's `time_<phase>_s` at its last report (`trainables.timing`: model load,
+  data, trainer set-up, the reference's answers, optimizer steps, evaluation, probes, generation, checkpoints,
+  reporting), summed; `other` is the rest of the trial-seconds. The training share is the steps' part.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from orchestrator.records import STOPPED, STOPPED_HACKING, TrialRecord
+from trainables.timing import PHASES, PREFIX
 
 
 @dataclass
@@ -32,6 +36,7 @@ class TrialCost:
     full_steps: int  # the steps the trial would have run to its end
     device_hours: float
     tokens: float
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase (trainables.timing), if reported
 
     @property
     def projected_seconds(self) -> float:
@@ -57,6 +62,31 @@ class SweepCost:
     tokens = _summed("tokens")
 
     @property
+    def phase_seconds(self) -> dict[str, float]:
+        """Seconds per phase over the trials that reported them, and `other`: the rest of those trials' seconds
+        (worker start and imports, Ray's reporting, the trainer's own bookkeeping); {} when none did."""
+        timed = [t for t in self.trials if t.phases]
+        if not timed:
+            return {}
+        out = {p: sum(t.phases.get(p, 0.0) for t in timed) for p in PHASES}
+        out["other"] = max(sum(t.seconds for t in timed) - sum(out.values()), 0.0)
+        return out
+
+    @property
+    def training_share(self) -> float | None:
+        """Optimizer-step seconds over trial-seconds (of the trials that reported their phases)."""
+        timed = sum(t.seconds for t in self.trials if t.phases)
+        return self.phase_seconds["steps"] / timed if timed else None
+
+    def breakdown(self, most: int = 6) -> str:
+        """'steps 41%, generation 22%, model_load 12%, ...': where the seconds went, largest first."""
+        phases, total = self.phase_seconds, sum(self.phase_seconds.values())
+        if not total:
+            return ""
+        ranked = sorted(((v, k) for k, v in phases.items() if v > 0), reverse=True)
+        return ", ".join(f"{k.replace('_', ' ')} {v / total:.0%}" for v, k in ranked[:most])
+
+    @property
     def saved_steps(self) -> int:
         return self.full_steps - self.steps
 
@@ -75,6 +105,9 @@ class SweepCost:
         out = {"cost.trial_seconds": self.trial_seconds, f"cost.{self.device.lower()}_hours": self.device_hours,
                "cost.steps": self.steps, "cost.full_grid_steps": self.full_steps, "cost.saved_steps": self.saved_steps,
                "cost.saved_seconds": self.saved_seconds, "cost.tokens": self.tokens}
+        if self.training_share is not None:
+            out["cost.training_share"] = self.training_share
+            out.update({f"cost.seconds_{k}": v for k, v in self.phase_seconds.items()})
         if self.reference_seconds is not None:
             out["cost.reference_seconds"] = 0.0 if self.reference_reused else self.reference_seconds
             out["cost.reference_saved_seconds"] = self.reference_saved_seconds
@@ -86,6 +119,8 @@ class SweepCost:
                 f"{self.device_hours:.3g} {self.device}-hours, {self.steps} optimizer steps ({share} of the "
                 f"{self.full_steps} the trials would have run to their ends), ~{self.tokens:.3g} tokens. "
                 f"Stopping early saved {self.saved_steps} steps and ~{self.saved_seconds:.0f} trial-seconds.")
+        if self.training_share is not None:
+            text += f" Training share {self.training_share:.0%} (optimizer steps / trial-seconds): {self.breakdown()}."
         if self.reference_seconds is not None:
             made = ("reused from an earlier sweep (no cost)" if self.reference_reused
                     else f"computed once in {self.reference_seconds:.1f} s")
@@ -106,8 +141,10 @@ def trial_cost(rec: TrialRecord, cpu_per_trial: float, gpu_per_trial: float) -> 
         full = steps  # completed, failed, diverged: what it ran is all it would have run
     held = gpu_per_trial if gpu_per_trial else cpu_per_trial
     tokens = float(last.get("tokens_seen", 0.0) or 0.0)
+    phases = {p: float(last[f"{PREFIX}{p}_s"]) for p in PHASES
+              if f"{PREFIX}{p}_s" in last and pd.notna(last[f"{PREFIX}{p}_s"])}
     return TrialCost(trial_id=rec.trial_id, seconds=seconds, steps=steps, full_steps=max(full, steps),
-                     device_hours=seconds * held / 3600, tokens=tokens)
+                     device_hours=seconds * held / 3600, tokens=tokens, phases=phases)
 
 
 def sweep_cost(records: list[TrialRecord], cpu_per_trial: float, gpu_per_trial: float,

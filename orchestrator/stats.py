@@ -305,8 +305,8 @@ def robust_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[s
 
     `cliffs`: rows that count as cliffs too (flagged trials: a collapse next door), where their cell has no other
     trial. Near ties: with `noise_n` (the count a rate metric is measured on, e.g. held-out pairs) and `tie_se` > 0,
-    the candidates whose neighbourhood average is within tie_se binomial standard errors of a difference of the
-    best one's are a tie, and the tie goes to the cell closest to the reference (the lowest mean `closeness`, e.g.
+    the candidates whose own mean is within tie_se binomial standard errors of its difference from the chosen
+    cell's are a tie, and the tie goes to the cell closest to the reference (the lowest mean `closeness`, e.g.
     gen_kl): of equals, the policy that moved least.
     """
     sign = _better(mode)
@@ -351,15 +351,22 @@ def robust_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[s
     order = sorted(np.flatnonzero(is_cand), key=lambda i: (-sign * score[i], -sign * means[i]))
     tie_note = ""
     if noise_n and tie_se > 0 and closeness and closeness in rows and len(order) > 1:
-        p = min(max(float(score[order[0]]), 1 / noise_n), 1 - 1 / noise_n)
-        band = tie_se * math.sqrt(2 * p * (1 - p) / noise_n)
-        tied = [i for i in order if sign * (score[order[0]] - score[i]) <= band]
+        # A tie: a candidate whose own mean is within tie_se standard errors of the difference from the chosen
+        # cell's own mean (each a binomial rate on noise_n measurements per replicate). Judged on the cells' own
+        # means, not the neighbourhood averages: on a coarse grid a weak cell's average rides on a strong
+        # neighbour, and the least-moved of such "equals" would be a trial that barely learned.
+        top = order[0]
+        p = (float(means[top]) * noise_n + 2) / (noise_n + 4)  # Agresti-Coull: no zero SE at a rate of 1
+        reps = {i: max(len(values[keys[i]]), 1) for i in order}
+        gap_se = {i: math.sqrt(p * (1 - p) / noise_n * (1 / reps[top] + 1 / reps[i])) for i in order}
+        tied = [i for i in order if sign * (means[top] - means[i]) <= tie_se * gap_se[i]]
+        band = tie_se * max(gap_se[i] for i in tied) if len(tied) > 1 else 0.0
         close = rows.groupby(knobs)[closeness].mean()
         near = {i: float(close.get(keys[i] if len(knobs) > 1 else keys[i][0], math.nan)) for i in tied}
         if len(tied) > 1 and all(math.isfinite(v) for v in near.values()):
             pick = min(tied, key=lambda i: near[i])
             order = [pick] + [i for i in order if i != pick]
-            tie_note = (f"{len(tied)} cells are within the held-out noise of the best neighbourhood average "
+            tie_note = (f"{len(tied)} cells are within the held-out noise of the chosen cell's mean "
                         f"({tie_se:g} SE of a difference on {noise_n:g} measurements, {band:.2g}): a tie, given to "
                         f"the one closest to the reference ({closeness} {near[pick]:.3g}, against "
                         + ", ".join(f"{near[i]:.3g}" for i in tied if i != pick) + ")")

@@ -127,6 +127,11 @@ def sync_trial_runs(client, experiment_id: str, parent_run_id: str, records: lis
     return counts
 
 
+def plain(d: dict) -> dict:
+    """A dict JSON can hold: numbers, text and None kept, anything else as its text."""
+    return {k: (v if isinstance(v, (int, float, str)) or v is None else str(v)) for k, v in d.items()}
+
+
 def log_analysis(client, run_id: str, analysis: SweepAnalysis) -> int:
     """The analysis files on the parent run (re-logging replaces them: artifacts are keyed by path); how many."""
     files = [p for p in [analysis.table_path, *analysis.plots.values(), *analysis.reports] if p]
@@ -136,8 +141,16 @@ def log_analysis(client, run_id: str, analysis: SweepAnalysis) -> int:
     if analysis.cost:  # what the sweep cost, as metrics of its run (comparable across sweeps in the UI)
         log_step_metrics(client, run_id, analysis.cost.metrics(), step=0)
         client.set_tag(run_id, "dpo_sweep.cost", analysis.cost.describe()[:5000])
-    if analysis.best:
-        client.log_dict(run_id, {k: (v if isinstance(v, (int, float, str)) else str(v))
-                                 for k, v in analysis.best.items()}, "analysis/sweet_spot.json")
+    if analysis.sweet_spot:  # the chosen cell, how it was chosen, and the runner-up
+        spot = analysis.sweet_spot
+        client.log_dict(run_id, {
+            "metric": spot.metric, "mode": spot.mode, "values": plain(spot.values), "mean": spot.mean,
+            "neighbourhood_score": spot.score, "trials_in_cell": spot.n, "se": spot.se,
+            "runner_up": plain(spot.runner_up) if spot.runner_up else None, "runner_up_mean": spot.runner_up_mean,
+            "confidence": spot.confidence, "win_rate": spot.win_rate,
+            "compared_at": analysis.budget.describe() if analysis.budget else None}, "analysis/sweet_spot.json")
+    if analysis.best:  # the single trial whose adapter to take
+        client.log_dict(run_id, plain(analysis.best), "analysis/best_trial.json")
+    if analysis.best or analysis.sweet_spot:
         client.set_tag(run_id, "dpo_sweep.sweet_spot", analysis.sweet_spot_line[:5000])
     return len(files)

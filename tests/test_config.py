@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from orchestrator.cli import shipped_config
@@ -146,6 +148,13 @@ def test_bad_yaml_and_missing_file_are_clear(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_trial_spec(bad)
+    bad.write_text("")
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load_trial_spec(bad)
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):  # named as what it is, not "does not exist"
+        load_trial_spec(fifo)
 
 
 def test_output_dir_is_made_absolute():

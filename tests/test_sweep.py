@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import small_sweep
@@ -35,7 +37,7 @@ def asha_sweep(model_cache, tmp_path_factory):
     return cfg, result
 
 
-def test_four_child_runs_nested_under_one_parent_with_params_metrics_status(asha_sweep):
+def test_four_child_runs_nested_under_one_parent_with_params_metrics_status(asha_sweep, tmp_path):
     _cfg, result = asha_sweep
     client = make_client(result.tracking_uri)
     parent = client.get_run(result.parent_run_id)
@@ -56,6 +58,12 @@ def test_four_child_runs_nested_under_one_parent_with_params_metrics_status(asha
     parent_files = {a.path for a in client.list_artifacts(result.parent_run_id, "analysis")}
     assert {"analysis/results.csv", "analysis/interaction.png", "analysis/heatmap.png",
             "analysis/learning_curves.png"} <= parent_files
+    spot = json.loads(Path(client.download_artifacts(result.parent_run_id, "analysis/sweet_spot.json",
+                                                     str(tmp_path))).read_text())
+    assert spot["values"] == result.analysis.sweet_spot.values and spot["compared_at"].startswith("compared at report")
+    best = json.loads(Path(client.download_artifacts(result.parent_run_id, "analysis/best_trial.json",
+                                                     str(tmp_path))).read_text())
+    assert best["trial"] == result.analysis.best["trial"]
 
 
 def test_results_table_and_best_trial(asha_sweep):
@@ -63,7 +71,11 @@ def test_results_table_and_best_trial(asha_sweep):
     table = result.analysis.table
     assert len(table) == 4 and set(table["trial"]) == {r.trial_id for r in result.records}
     done = table[table["status"] == COMPLETED]
-    assert result.analysis.best["eval_rewards_accuracies"] == done["eval_rewards_accuracies"].max()
+    # The table compares trials at their common budget; the best single trial (whose adapter to take) is chosen
+    # by its last value, kept beside it.
+    assert result.analysis.best["eval_rewards_accuracies"] == done["final_eval_rewards_accuracies"].max()
+    budget = result.analysis.budget
+    assert (table["compared_report"] == budget.report).all() and budget.report <= budget.of
     for path in result.analysis.plots.values():
         assert path.is_file()
 

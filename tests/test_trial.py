@@ -40,6 +40,15 @@ def test_nf4_qlora_trial_learns_the_rule_with_a_frozen_4bit_base(make_spec):
                     "answer_exact_rate", "epoch", "step", "eval_chosen_logratio_per_token",
                     "eval_abs_logratio_per_token", "ref_answer_exact_rate", "ref_answer_length_tokens"):
             assert key in metrics and math.isfinite(metrics[key]), key
+    # Every second accounted for: the phases (trainables.timing) grow report by report and fit in the trial's
+    # wall time; the optimizer steps are one of them.
+    for key in ("time_trial_s", "time_model_load_s", "time_steps_s", "time_evaluation_s", "time_probes_s",
+                "time_checkpoint_save_s"):
+        values = [m[key] for m, _ in reports]
+        assert values == sorted(values) and values[-1] > 0, key
+    last = reports[-1][0]
+    phases = sum(v for k, v in last.items() if k.startswith("time_") and k.endswith("_s") and k != "time_trial_s")
+    assert phases <= last["time_trial_s"] + 1e-3
     # The reference model's answers are measured once, before the first step, and carried unchanged.
     assert len({m["ref_answer_exact_rate"] for m, _ in reports}) == 1
     _, last_ckpt = reports[-1]
@@ -93,6 +102,9 @@ def test_resume_from_checkpoint_continues_and_matches_an_uninterrupted_run(make_
     resumed = []
     run_trial(spec, lambda m, c: resumed.append((m, c)), resume_from=ckpt, log=quiet)
     assert [m["step"] for m, _ in resumed] == [m["step"] for m, _ in full if m["step"] > k]
+    # The resumed run's clock continues from the checkpoint's: the first run's seconds are not lost.
+    assert resumed[0][0]["time_trial_s"] > first[-1][0]["time_trial_s"]
+    assert resumed[0][0]["time_steps_s"] > first[-1][0]["time_steps_s"]
 
     a = load_file(f"{full[-1][1]}/adapter_model.safetensors")
     b = load_file(f"{resumed[-1][1]}/adapter_model.safetensors")

@@ -215,7 +215,7 @@ class HealthSettings(StrictModel):
     """The thresholds of the generations' health rule (`trainables.health`): a report is unhealthy when any is
     exceeded. Calibrated across tasks by benchmarks/selection_regret.py (README, "Choosing the trial")."""
 
-    nll_rise: float = Field(0.5, gt=0, description="Nats per token by which the reference model may find the "
+    nll_rise: float = Field(0.45, gt=0, description="Nats per token by which the reference model may find the "
                             "policy's greedy completions less plausible than its own.")
     length_change: float = Field(0.5, gt=0, description="Relative change of the completions' length from the "
                                  "reference's (0.5: half as long again, or half as short).")
@@ -440,8 +440,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         raise ConfigError([f"config file {str(p)!r} is a directory; give a YAML file inside it"])
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError([f"config file {str(p)!r} does not exist"])
+    if not p.is_file():
+        raise ConfigError([f"config file {str(p)!r} is not a regular file (a device, pipe or socket); give a YAML file"])
     try:
         raw = load_yaml(p.read_text())
     except yaml.YAMLError as e:

@@ -23,6 +23,7 @@ evaluates, saves and reports at fixed steps. `build_trainer` sets all of it up a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from trl import DPOConfig, DPOTrainer
 from trainables.config import ConfigError, TrialSpec
 from trainables.detectors import REFERENCE_PREFIX
 from trainables.metrics import Report, clean_metric_name
+from trainables.timing import PhaseClock
 
 STATE_FILE = "dpo_sweep_state.json"  # beside each checkpoint: what the trial needs to resume its own bookkeeping
 
@@ -55,12 +57,30 @@ REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
 class SweepDPOTrainer(DPOTrainer):
+    clock: PhaseClock | None = None  # set by build_trainer: where the trial's seconds go (trainables.timing)
+
+    def _timed(self, phase: str):
+        return self.clock.phase(phase) if self.clock is not None else contextlib.nullcontext()
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        dtypes = {n: p.dtype for n, p in self.model.named_parameters() if p.requires_grad}
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        for name, param in self.model.named_parameters():
-            if name in dtypes and param.dtype != dtypes[name]:
-                param.data = param.data.to(dtypes[name])
+        with self._timed("checkpoint_restore"):
+            dtypes = {n: p.dtype for n, p in self.model.named_parameters() if p.requires_grad}
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            for name, param in self.model.named_parameters():
+                if name in dtypes and param.dtype != dtypes[name]:
+                    param.data = param.data.to(dtypes[name])
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        with self._timed("checkpoint_restore"):
+            super()._load_optimizer_and_scheduler(checkpoint)
+
+    def _save_checkpoint(self, model, trial):
+        with self._timed("checkpoint_save"):
+            super()._save_checkpoint(model, trial)
+
+    def evaluate(self, *args, **kwargs):
+        with self._timed("evaluation"):  # the probes and generations inside count as their own phases
+            return super().evaluate(*args, **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if all(c in getattr(dataset, "column_names", ()) for c in TOKENIZED_COLUMNS):
@@ -163,7 +183,8 @@ class ReportCallback(TrainerCallback):
     step), the last train logs, and the reward-hacking monitor's verdict. A NaN or Inf ends the trial.
     """
 
-    def __init__(self, report: Report, spec: TrialSpec, probes, tokenizer, log=print, generation=None):
+    def __init__(self, report: Report, spec: TrialSpec, probes, tokenizer, log=print, generation=None,
+                 clock: PhaseClock | None = None):
         from trainables.probes import probe_settings
         from trainables.reward_hacking import RewardHackingMonitor
 
@@ -183,6 +204,7 @@ class ReportCallback(TrainerCallback):
         self.completions: list[dict[str, Any]] = []  # this report's completions table
         self.monitor = (RewardHackingMonitor(spec.reward_hacking, self.reports_per_epoch)
                         if spec.reward_hacking.enabled else None)
+        self.clock = clock or PhaseClock()
 
     def restore(self, checkpoint_dir: str) -> None:
         from trainables.reward_hacking import RewardHackingMonitor
@@ -194,17 +216,25 @@ class ReportCallback(TrainerCallback):
             self.generation.load_reference(saved["generation_reference"])
         if self.monitor and "reward_hacking" in saved:
             self.monitor = RewardHackingMonitor.from_state(self.spec.reward_hacking, saved["reward_hacking"])
+        if "timing" in saved:  # the seconds of the runs before this one
+            self.clock.carry(saved["timing"])
 
     def probe(self, model) -> dict[str, float]:
         from trainables.probes import answer_quality
 
-        return answer_quality(model, self.tokenizer, self.probes, batch_size=self.spec.dpo.per_device_eval_batch_size,
-                              max_new_tokens=self.max_new_tokens, score=self.score)
+        with self.clock.phase("probes"):
+            return answer_quality(model, self.tokenizer, self.probes,
+                                  batch_size=self.spec.dpo.per_device_eval_batch_size,
+                                  max_new_tokens=self.max_new_tokens, score=self.score)
 
     def on_train_begin(self, args, state, control, model=None, **kw):
         self.steps = set(report_steps(state.max_steps, math.ceil(args.num_train_epochs), self.reports_per_epoch))
         # The reference model's answers to the probes (`ref_answer_exact_rate`, ...), measured once and carried
         # in every report: where the answer signals' peaks start, so a collapse before the first report is seen.
+        with self.clock.phase("reference"):  # the reference's own answers and completions, made once
+            self._reference_answers(model, state)
+
+    def _reference_answers(self, model, state) -> None:
         if self.probes and model is not None and not self.reference:
             if state.global_step == 0:  # a fresh LoRA adapter (B = 0) is the identity: this is the reference
                 quality = self.probe(model)
@@ -225,7 +255,11 @@ class ReportCallback(TrainerCallback):
                 with model.disable_adapter():
                     self.generation.set_reference(model)
 
+    def on_step_begin(self, args, state, control, **kw):
+        self.clock.begin("steps")  # forward, backward and the optimizer step of one optimizer step
+
     def on_step_end(self, args, state, control, **kw):
+        self.clock.end("steps")
         if state.global_step in self.steps:
             control.should_log = control.should_evaluate = control.should_save = True
 
@@ -246,7 +280,8 @@ class ReportCallback(TrainerCallback):
             m["eval_pairs"] = len(eval_dataloader.dataset)  # the resolution of the held-out rates: 1 / eval_pairs
         if self.generation is not None:
             self.ensure_generation_reference(model, state.global_step)  # an evaluation before any training
-            gen, self.completions = self.generation.evaluate(model, state.global_step)
+            with self.clock.phase("generation"):
+                gen, self.completions = self.generation.evaluate(model, state.global_step)
             m.update(gen)
             m.update(self.generation.reference_metrics())
         self.evaluated = m
@@ -273,13 +308,17 @@ class ReportCallback(TrainerCallback):
             saved["reward_hacking"] = self.monitor.state()
             if self.monitor.should_stop:
                 control.should_training_stop = True
+        metrics.update(self.clock.metrics())
+        saved["timing"] = self.clock.state()
         Path(ckpt, STATE_FILE).write_text(json.dumps(saved))
         self.reports += 1
         self.last_metrics, self.last_checkpoint = metrics, ckpt
-        self.report_fn(metrics, ckpt)
+        with self.clock.phase("report"):
+            self.report_fn(metrics, ckpt)
 
 
-def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_reference: str | None = None):
+def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_reference: str | None = None,
+                  clock: PhaseClock | None = None):
     """(trainer, data, callback): everything set up, nothing trained. Tests inspect the trainer directly.
 
     `data`: already loaded and validated rows (else loaded from spec.data). `shared_reference`: a
@@ -297,8 +336,11 @@ def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_
     # The caller's report callable is the trial's output; library progress bars would bury it.
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+    clock = clock or PhaseClock()
     device = trial_device()
-    model, tokenizer = load_base_model(spec.model, spec.cache_dir, device=device, log=log)
+    with clock.phase("model_load"):  # conversion and quantization included
+        model, tokenizer = load_base_model(spec.model, spec.cache_dir, device=device, log=log)
+    clock.begin("data")
     if shared_reference:
         train_ds, eval_ds, meta = load_shared_datasets(shared_reference)
         data = PreferenceData(train=[], eval=[], probes=[tuple(p) for p in meta["probes"]],
@@ -319,7 +361,9 @@ def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_
 
     generation = build_generation_eval(spec, tokenizer, data.eval_full, data.conversational, device, log=log,
                                        shared=meta.get("generation") if shared_reference else None)
-    callback = ReportCallback(report, spec, data.probes, tokenizer, log=log, generation=generation)
+    clock.end("data")
+    callback = ReportCallback(report, spec, data.probes, tokenizer, log=log, generation=generation, clock=clock)
+    clock.begin("trainer_init")  # tokenization and the reference log-probs, unless the shared reference has them
     trainer = SweepDPOTrainer(
         model=model,
         args=build_dpo_config(spec, device),
@@ -329,6 +373,8 @@ def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_
         peft_config=lora_config(spec.lora),
         callbacks=[callback],
     )
+    clock.end("trainer_init")
+    trainer.clock = clock
     trainer.remove_callback(PrinterCallback)  # it prints every raw log dict; `report` is the output
     callback.tokens_per_step = tokens_per_step(trainer.train_dataset, spec)
     from trainables.model import resolve_compute_dtype

@@ -61,13 +61,15 @@ def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, l
     Resumed, it continues from that checkpoint's step (adapter, optimizer, scheduler, RNG and data
     order restored) and reports only the steps after it.
     """
+    from trainables.timing import PhaseClock
     from trainables.trainer import build_trainer, check_trainer_config  # TRL: imported when a trial runs
 
+    clock = PhaseClock()
     check_trainer_config(spec)  # TRL's and transformers' own refusals, before a model is loaded
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "trial_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
-    trainer, data, callback = build_trainer(spec, report, log=log, shared_reference=shared_reference)
+    trainer, data, callback = build_trainer(spec, report, log=log, shared_reference=shared_reference, clock=clock)
     if resume_from:
         callback.restore(resume_from)
     try:
