@@ -283,7 +283,7 @@ def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
     anova = stats.two_way_anova(table, metric, a=line, b=x) if x and line else None
     spot = choose_sweet_spot(table, metric, mode, knobs, why, budget is not None, tie_se) if knobs else None
     advice = " ".join(part for part in (
-        f"{metric.capitalize()} {budget.describe}." if budget and knobs else "",
+        f"Trials {budget.describe}." if budget and knobs else "",
         stats.recommendation(table, metric, mode, knobs, spot, anova) if knobs else "",
         guard_sentence(table, knobs) if knobs else "") if part)
     # Where the plots put the sweet spot: the chosen cell at its mean, else the best trial.

@@ -148,7 +148,7 @@ def log_analysis(client, run_id: str, analysis: SweepAnalysis) -> int:
             "neighbourhood_score": spot.score, "trials_in_cell": spot.n, "se": spot.se,
             "runner_up": plain(spot.runner_up) if spot.runner_up else None, "runner_up_mean": spot.runner_up_mean,
             "confidence": spot.confidence, "win_rate": spot.win_rate,
-            "compared_at": analysis.budget.describe() if analysis.budget else None}, "analysis/sweet_spot.json")
+            "compared_at": analysis.budget.describe if analysis.budget else None}, "analysis/sweet_spot.json")
     if analysis.best:  # the single trial whose adapter to take
         client.log_dict(run_id, plain(analysis.best), "analysis/best_trial.json")
     if analysis.best or analysis.sweet_spot:

@@ -41,7 +41,7 @@ def test_table_statuses_best_and_plots(records, tmp_path):
     assert "Sweet spot: beta=0.1, learning_rate=0.0001 -> eval_rewards_accuracies 0.6000" in a.summary
     assert "at report 1 of 4" in a.sweet_spot_line
     assert "Best single trial: beta=0.1, learning_rate=0.0001" in a.summary
-    assert a.recommendation.startswith("Eval_rewards_accuracies compared at report 1 of 4 (step 10)")
+    assert a.recommendation.startswith("Trials compared at report 1 of 4 (step 10)")
     assert "Use beta 0.1, learning rate 0.0001" in a.recommendation
     assert "Left out of the choice (1 of 4): beta 0.1, learning rate 0.001 (flagged by chosen_logp_drop)" \
         in a.recommendation
