@@ -106,13 +106,14 @@ def judgeable(rec: dict[str, Any]) -> bool:
 
 # ------------------------------------------------------------------------------------------- the health rule
 
-NLL_GRID = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.45, 0.5, 0.6, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+# kl_per_token thresholds tried (nats/token); the other parts stay at their shipped, gross-breakage values.
+KL_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
 MAX_FALSE_ALARMS = 0.10  # the calibration's budget: the most-sensitive threshold whose false-alarm rate stays under
 
 
-def thresholds(nll_rise: float) -> HealthSettings:
-    """The health rule with `nll_rise` calibrated and the other parts at their shipped (gross-breakage) values."""
-    return HealthSettings(nll_rise=nll_rise)
+def thresholds(kl_per_token: float) -> HealthSettings:
+    """The health rule with `kl_per_token` calibrated and the other parts at their shipped values."""
+    return HealthSettings(kl_per_token=kl_per_token)
 
 
 def unhealthy(rec: dict[str, Any], th: HealthSettings) -> bool:
@@ -127,15 +128,12 @@ def score_rule(recs: list[dict[str, Any]], th: HealthSettings) -> dict[str, Any]
 
 
 def calibrate(recs: list[dict[str, Any]]) -> float:
-    """nll_rise: the most sensitive (lowest) threshold of NLL_GRID whose false-alarm rate on `recs` is at most
-    MAX_FALSE_ALARMS both at it and at the grid step below it - a margin, so that a healthy trial just under the
-    line on this task does not decide it - and whose recall is the best such a threshold reaches."""
-    fa = [(score_rule(recs, thresholds(t))["false_alarm_rate"] or 0) for t in NLL_GRID]
-    quiet = [t for i, t in enumerate(NLL_GRID) if fa[i] <= MAX_FALSE_ALARMS and (i == 0 or fa[i - 1] <= MAX_FALSE_ALARMS)]
-    if not quiet:
-        return NLL_GRID[-1]
-    recall = {t: score_rule(recs, thresholds(t))["recall"] or 0 for t in quiet}
-    return min(t for t in quiet if recall[t] == max(recall.values()))
+    """kl_per_token: the most sensitive (lowest) threshold of KL_GRID whose false-alarm rate on `recs` is at most
+    MAX_FALSE_ALARMS."""
+    for t in KL_GRID:
+        if (score_rule(recs, thresholds(t))["false_alarm_rate"] or 0) <= MAX_FALSE_ALARMS:
+            return t
+    return KL_GRID[-1]
 
 
 # ------------------------------------------------------------------------------------------- selection rules
@@ -173,8 +171,8 @@ def records_of(grid: list[dict[str, Any]], th: HealthSettings | None):
     return out
 
 
-def sweet_spot_trial(grid: list[dict[str, Any]], th: HealthSettings | None, tie_se: float = 0.0,
-                     metric: str = "eval_rewards_accuracies") -> int | None:
+def sweet_spot_trial(grid: list[dict[str, Any]], th: HealthSettings | None, tie_break: str = "score",
+                     tie_se: float = 1.0, metric: str = "eval_rewards_accuracies") -> int | None:
     """The index of the trial in the analysis' sweet-spot cell (`orchestrator.analysis.choose_sweet_spot`, the
     product's own choice: the guard, flagged neighbours as cliffs, near ties to the closest to the reference);
     None when nothing is eligible."""
@@ -182,7 +180,8 @@ def sweet_spot_trial(grid: list[dict[str, Any]], th: HealthSettings | None, tie_
     from orchestrator.records import results_table
 
     table = results_table(records_of(grid, th), metric, "max")
-    spot = choose_sweet_spot(table, metric, "max", ["beta", "learning_rate"], left_out(table, None), True, tie_se)
+    spot = choose_sweet_spot(table, metric, "max", ["beta", "learning_rate"], left_out(table, None), True, tie_se,
+                             tie_break)
     if spot is None:
         return None
     hit = table[(table["beta"] == spot.values["beta"]) & (table["learning_rate"] == spot.values["learning_rate"])]
@@ -207,7 +206,7 @@ RULES = {
     "pair accuracy + health guard (best trial)": lambda g, th: best_trial(g, th),
     "pair accuracy + health guard (sweet spot)": lambda g, th: sweet_spot_trial(g, th),
     **{f"pair accuracy + health guard + near ties ({k:g} SE) to the least KL (sweet spot)":
-       (lambda g, th, k=k: sweet_spot_trial(g, th, tie_se=k)) for k in TIE_SES},
+       (lambda g, th, k=k: sweet_spot_trial(g, th, tie_break="closest", tie_se=k)) for k in TIE_SES},
 }
 
 
@@ -239,7 +238,7 @@ def analyse(tasks: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                               **score_rule(tasks[b], thresholds(t))})
     shipped = calibrate([r for n in names for r in tasks[n]])
     regret = {n: regret_rows(tasks[n], thresholds(shipped)) for n in names}
-    return {"shipped_nll_rise": shipped, "cross_task": cross,
+    return {"shipped_kl_per_token": shipped, "cross_task": cross,
             "within_task": {n: {"threshold": shipped, **score_rule(tasks[n], thresholds(shipped))} for n in names},
             "regret": regret, "trials": {n: len(tasks[n]) for n in names}}
 
@@ -253,10 +252,10 @@ def seed_text(row: dict[str, Any]) -> str:
 def render(result: dict[str, Any], seconds: float) -> tuple[str, str]:
     """(regret block, calibration block) of the README."""
     names = list(result["regret"])
-    shipped = result["shipped_nll_rise"]
+    shipped = result["shipped_kl_per_token"]
     lines = [(f"Selection rules run without the checker, scored by it (regret = the grid's best exact-answer rate - "
              f"the pick's; one full grid per seed; {sum(result['trials'].values())} trials, {seconds / 60:.0f} "
-             "trial-minutes). Health guard: the shipped rule (`trainables.health`, nll_rise "
+             "trial-minutes). Health guard: the shipped rule (`trainables.health`, kl_per_token "
              f"{shipped:g})."), "",
              "| rule | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for rule in RULES:
@@ -274,12 +273,12 @@ def render(result: dict[str, Any], seconds: float) -> tuple[str, str]:
             rows = result["regret"][n][rule]
             lines.append(f"- {n}, {rule}: " + "; ".join(seed_text(r) for r in rows))
     calib = [(f"Health rule, ground truth 'answers ended below the reference model's' (trials whose reference answers "
-             f"none are left out); nll_rise calibrated as the most sensitive threshold with at most "
-             f"{MAX_FALSE_ALARMS:.0%} false alarms on the calibration task, there and one grid step lower."), "",
-             "| calibrated on | nll_rise | scored on | result |", "|---|---|---|---|"]
+             f"none are left out); kl_per_token calibrated as the most sensitive threshold with at most "
+             f"{MAX_FALSE_ALARMS:.0%} false alarms on the calibration task; the other parts at their shipped values."), "",
+             "| calibrated on | kl_per_token | scored on | result |", "|---|---|---|---|"]
     calib += [f"| {c['calibrated_on']} | {c['threshold']:g} | {c['scored_on']} | {cell_text(c)} |"
               for c in result["cross_task"]]
-    calib += ["", f"Shipped default (`trainables.config.HealthSettings`): nll_rise {shipped:g}, calibrated on every "
+    calib += ["", f"Shipped default (`trainables.config.HealthSettings`): kl_per_token {shipped:g}, calibrated on every "
               "task together; on each: " + "; ".join(f"{n}: {cell_text(s)}" for n, s in result["within_task"].items())
               + ".", "", "P: precision, R: recall, FA: false alarms (flags / trials whose answers held)."]
     return "\n".join(lines) + "\n", "\n".join(calib) + "\n"

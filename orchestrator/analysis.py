@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator import plots, stats
-from orchestrator.config import TIE_SE
+from orchestrator.config import TIE_BREAK, TIE_SE
 from orchestrator.costs import SweepCost
 from orchestrator.records import COMPLETED, DIVERGED, FAILED, OUT_OF_MEMORY, TrialRecord, results_table
 from orchestrator.stats import value_text
@@ -251,18 +251,18 @@ def closeness_column(table: pd.DataFrame) -> str | None:
 
 
 def choose_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[str], why: pd.Series,
-                      same_budget: bool, tie_se: float) -> stats.SweetSpot | None:
+                      same_budget: bool, tie_se: float, tie_break: str = TIE_BREAK) -> stats.SweetSpot | None:
     """The analysis' choice, in one place (the benchmark of selection rules calls it too): eligible cells only,
     flagged trials as cliffs beside their neighbours, near ties to the cell closest to the reference."""
     flagged = table["reward_hacking"] != "" if "reward_hacking" in table else None
     return stats.robust_sweet_spot(table, metric, mode, knobs, exclude=why != "", same_budget=same_budget,
-                                   cliffs=flagged, noise_n=noise_count(table, metric), tie_se=tie_se,
+                                   cliffs=flagged, noise_n=noise_count(table, metric), tie_se=tie_se, tie_break=tie_break,
                                    closeness=closeness_column(table))
 
 
 def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
             max_abs_logratio: float | None = None, cost: SweepCost | None = None,
-            tie_se: float = TIE_SE) -> SweepAnalysis:
+            tie_se: float = TIE_SE, tie_break: str = TIE_BREAK) -> SweepAnalysis:
     """Trials are compared at a common budget (`common_budget`): every eligible trial's values at the last
     report they all reached, so a trial that ran to the end is never weighed against stopped trials' earlier
     values. The best single trial (whose adapter to take) is still chosen by its last value."""
@@ -281,7 +281,8 @@ def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
     knobs = stats.swept_knobs(table, metric) if len(table) else []
     x, line = plots.axes_keys(knobs)
     anova = stats.two_way_anova(table, metric, a=line, b=x) if x and line else None
-    spot = choose_sweet_spot(table, metric, mode, knobs, why, budget is not None, tie_se) if knobs else None
+    spot = (choose_sweet_spot(table, metric, mode, knobs, why, budget is not None, tie_se, tie_break) if knobs
+            else None)
     advice = " ".join(part for part in (
         f"Trials {budget.describe}." if budget and knobs else "",
         stats.recommendation(table, metric, mode, knobs, spot, anova) if knobs else "",

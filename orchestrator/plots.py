@@ -121,10 +121,13 @@ def _budget_words(table: pd.DataFrame) -> str:
 
 
 def _health_text(cell: pd.DataFrame) -> str:
-    """The cell's health beside its metric: the mean rise of the reference's NLL of its generations."""
-    if "gen_nll_rise" not in cell or not cell["gen_nll_rise"].notna().any():
-        return ""
-    return f"\nnll {cell['gen_nll_rise'].mean():+.2f}"
+    """The cell's health beside its metric: the mean sampled KL from the reference per token (the health rule's
+    main part) and the rise of the reference's NLL of its generations."""
+    parts = []
+    for column, text in (("gen_kl_per_token", "kl {:.2f}/tok"), ("gen_nll_rise", "nll {:+.2f}")):
+        if column in cell and pd.to_numeric(cell[column], errors="coerce").notna().any():
+            parts.append(text.format(pd.to_numeric(cell[column], errors="coerce").mean()))
+    return "\n" + ", ".join(parts) if parts else ""
 
 
 def figure_frontier(table: pd.DataFrame, knobs: list[str], metric: str, marked: dict | None):

@@ -25,9 +25,10 @@ OOM_MARKERS = ("TrialOutOfMemory", "OutOfMemoryError", "CUDA out of memory")
 # Metrics the results table shows beside the ranked one.
 EXTRA_RESULT_METRICS = ("eval_rewards_accuracies", "answer_exact_rate", "answer_length_tokens", "eval_logps_chosen",
                         "eval_abs_logratio", "eval_loss", "gen_truncation_rate", "gen_length_ratio",
-                        "gen_repeat_ngram_rate", "gen_ref_nll_per_token", "gen_kl", "eval_pairs", "gen_prompts")
-# Bookkeeping columns of the results table: with the metrics, what is not a knob. gen_nll_rise: the health rule's
-# main part (trainables.health), how much less plausible the reference finds the policy's completions than its own.
+                        "gen_repeat_ngram_rate", "gen_ref_nll_per_token", "gen_kl", "gen_kl_per_token", "eval_pairs",
+                        "gen_prompts")
+# Bookkeeping columns of the results table: with the metrics, what is not a knob. gen_nll_rise: a part of the health
+# rule (trainables.health), how much less plausible the reference finds the policy's completions than its own.
 BOOKKEEPING = frozenset({"trial", "status", "reports", "steps", "seconds", "reward_hacking", "reward_hacking_detail",
                          "gen_nll_rise", "compared_report", "left_out"})
 

@@ -293,7 +293,7 @@ def _neighbour_weights(keys: list[tuple], levels: list[list]) -> np.ndarray:
 def robust_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[str],
                       exclude: pd.Series | None = None, same_budget: bool = False, cliffs: pd.Series | None = None,
                       noise_n: float | None = None, tie_se: float = 0.0,
-                      closeness: str | None = None) -> SweetSpot | None:
+                      closeness: str | None = None, tie_break: str = "score") -> SweetSpot | None:
     """The cell whose neighbourhood is best, not the luckiest single cell; None when no trial is eligible.
 
     Cells are means over replicates. A cell whose trials all diverged counts, as a neighbour, as the worst
@@ -306,8 +306,8 @@ def robust_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[s
     `cliffs`: rows that count as cliffs too (flagged trials: a collapse next door), where their cell has no other
     trial. Near ties: with `noise_n` (the count a rate metric is measured on, e.g. held-out pairs) and `tie_se` > 0,
     the candidates whose own mean is within tie_se binomial standard errors of its difference from the chosen
-    cell's are a tie, and the tie goes to the cell closest to the reference (the lowest mean `closeness`, e.g.
-    gen_kl): of equals, the policy that moved least.
+    cell's are a near tie, said in the confidence; with `tie_break` "closest" the tie goes to the cell closest to
+    the reference (the lowest mean `closeness`, e.g. gen_kl), else the neighbourhood average keeps the pick.
     """
     sign = _better(mode)
     if not knobs or any(k not in table for k in knobs):
@@ -350,7 +350,7 @@ def robust_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[s
     score = scores(means)
     order = sorted(np.flatnonzero(is_cand), key=lambda i: (-sign * score[i], -sign * means[i]))
     tie_note = ""
-    if noise_n and tie_se > 0 and closeness and closeness in rows and len(order) > 1:
+    if noise_n and tie_se > 0 and len(order) > 1:
         # A tie: a candidate whose own mean is within tie_se standard errors of the difference from the chosen
         # cell's own mean (each a binomial rate on noise_n measurements per replicate). Judged on the cells' own
         # means, not the neighbourhood averages: on a coarse grid a weak cell's average rides on a strong
@@ -361,15 +361,19 @@ def robust_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[s
         gap_se = {i: math.sqrt(p * (1 - p) / noise_n * (1 / reps[top] + 1 / reps[i])) for i in order}
         tied = [i for i in order if sign * (means[top] - means[i]) <= tie_se * gap_se[i]]
         band = tie_se * max(gap_se[i] for i in tied) if len(tied) > 1 else 0.0
-        close = rows.groupby(knobs)[closeness].mean()
+        close = rows.groupby(knobs)[closeness].mean() if closeness and closeness in rows else pd.Series(dtype=float)
         near = {i: float(close.get(keys[i] if len(knobs) > 1 else keys[i][0], math.nan)) for i in tied}
-        if len(tied) > 1 and all(math.isfinite(v) for v in near.values()):
-            pick = min(tied, key=lambda i: near[i])
-            order = [pick] + [i for i in order if i != pick]
-            tie_note = (f"{len(tied)} cells are within the held-out noise of the chosen cell's mean "
-                        f"({tie_se:g} SE of a difference on {noise_n:g} measurements, {band:.2g}): a tie, given to "
-                        f"the one closest to the reference ({closeness} {near[pick]:.3g}, against "
-                        + ", ".join(f"{near[i]:.3g}" for i in tied if i != pick) + ")")
+        if len(tied) > 1:
+            noise = (f"{len(tied)} cells are within the held-out noise of the chosen cell's mean ({tie_se:g} SE of "
+                     f"a difference on {noise_n:g} measurements, {band:.2g}): a near tie")
+            if tie_break == "closest" and all(math.isfinite(v) for v in near.values()):
+                pick = min(tied, key=lambda i: near[i])
+                order = [pick] + [i for i in order if i != pick]
+                tie_note = (f"{noise}, given to the one closest to the reference ({closeness} {near[pick]:.3g}, "
+                            "against " + ", ".join(f"{near[i]:.3g}" for i in tied if i != pick) + ")")
+            else:
+                tie_note = (f"{noise}, kept by the best neighbourhood average; the metric cannot tell these cells "
+                            "apart, so read their completions (the report's examples) or add held-out data")
     best, second = order[0], (order[1] if len(order) > 1 else None)
     n = len(values[keys[best]])
     se = float(values[keys[best]].std(ddof=1) / math.sqrt(n)) if n > 1 else None

@@ -62,7 +62,7 @@ def build_analysis(cfg: SweepConfig, state: SweepState, grid) -> tuple[list[Tria
     cost = sweep_cost(records, cfg.resources.cpu_per_trial, state.gpu_per_trial, reference_seconds=ref.get("seconds"),
                       reference_reused=not ref.get("computed", True))
     analysis = analyze(records, cfg.search.metric, cfg.search.mode, out, max_abs_logratio=cfg.analysis.max_abs_logratio,
-                       cost=cost, tie_se=cfg.analysis.tie_se)
+                       cost=cost, tie_se=cfg.analysis.tie_se, tie_break=cfg.analysis.tie_break)
     (out / SWEEP_FILE).write_text(state.to_json())  # a copy of the state file, with the analysis
     analysis.reports = list(write_report(analysis, out, f"dpo-sweep: {state.name}", {
         "Ray results": state.experiment_path, "MLflow": f"{state.tracking_uri}, experiment {cfg.experiment!r}, "

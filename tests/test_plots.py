@@ -104,6 +104,7 @@ def test_the_frontier_plots_the_metric_against_the_sampled_kl_with_flagged_trial
     t = grid(interacting, reps=1)
     t["gen_kl"] = np.linspace(0.01, 5.0, len(t))
     t["gen_nll_rise"] = np.linspace(0.0, 2.0, len(t))
+    t["gen_kl_per_token"] = np.linspace(0.0, 0.9, len(t))
     t.loc[len(t) - 1, "reward_hacking"] = "health"
     (ax,) = plots.figure_frontier(t, KNOBS, METRIC, marked(t)).axes
     assert ax.get_xlabel().startswith("sampled KL") and ax.get_ylabel() == f"{METRIC} (last report)"
@@ -111,5 +112,5 @@ def test_the_frontier_plots_the_metric_against_the_sampled_kl_with_flagged_trial
     assert len(ax.texts) == len(t)  # every trial labelled with its knobs
     # The heatmap carries each cell's health beside its metric.
     (hm, _colorbar) = plots.figure_heatmap(t, KNOBS, METRIC, marked(t)).axes
-    assert all("\nnll " in text.get_text() for text in hm.texts)
+    assert all("/tok, nll " in text.get_text() for text in hm.texts)
     assert plots.figure_frontier(t.drop(columns="gen_kl"), KNOBS, METRIC, None) is None

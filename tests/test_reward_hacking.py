@@ -137,12 +137,12 @@ def test_the_default_is_the_health_rule_at_the_threshold_the_selection_benchmark
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("<!-- health_calibration:begin -->", 1)[1].split("<!-- health_calibration:end -->", 1)[0]
-    found = re.search(r"^Shipped default \(`trainables.config.HealthSettings`\): nll_rise ([0-9.e+-]+),", block,
+    found = re.search(r"^Shipped default \(`trainables.config.HealthSettings`\): kl_per_token ([0-9.e+-]+),", block,
                       re.MULTILINE)
     assert found, "the calibration block names no default"
     settings = RewardHackingSettings()
     assert settings.enabled and settings.signals == ["health"]
-    assert settings.health.nll_rise == float(found.group(1))
+    assert settings.health.kl_per_token == float(found.group(1))
 
 
 def health_report(nll, ref_nll=0.3, ratio=1.0, trunc=0.0, ref_trunc=0.0, rep=0.0, ref_rep=0.0, step=10):
@@ -153,6 +153,10 @@ def health_report(nll, ref_nll=0.3, ratio=1.0, trunc=0.0, ref_trunc=0.0, rep=0.0
 
 def test_the_health_rule_reads_each_part_against_the_reference_and_names_what_failed():
     th = RewardHackingSettings().health
+    far = {**health_report(0.3), "gen_kl_per_token": th.kl_per_token * 1.1}
+    assert set(health.failed_parts(far, th)) == {"kl_per_token"}
+    assert "sampled KL from the reference reached" in health.describe(far, th)
+    assert health.failed_parts({**far, "gen_kl_per_token": th.kl_per_token * 0.9}, th) == {}
     assert health.failed_parts(health_report(0.3 + th.nll_rise * 0.9), th) == {}
     assert set(health.failed_parts(health_report(0.3 + th.nll_rise * 1.1), th)) == {"nll_rise"}
     assert set(health.failed_parts(health_report(0.3, ratio=1 + th.length_change + 0.1), th)) == {"length_change"}

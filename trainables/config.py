@@ -215,11 +215,13 @@ class HealthSettings(StrictModel):
     """The thresholds of the generations' health rule (`trainables.health`): a report is unhealthy when any is
     exceeded. Calibrated across tasks by benchmarks/selection_regret.py (README, "Choosing the trial")."""
 
-    nll_rise: float = Field(0.45, gt=0, description="Nats per token by which the reference model may find the "
+    kl_per_token: float = Field(0.6, gt=0, description="Nats per token the policy's own sampled completions may "
+                                "be likelier under it than under the reference (sampled KL per token).")
+    nll_rise: float = Field(1.0, gt=0, description="Nats per token by which the reference model may find the "
                             "policy's greedy completions less plausible than its own.")
     length_change: float = Field(0.5, gt=0, description="Relative change of the completions' length from the "
                                  "reference's (0.5: half as long again, or half as short).")
-    truncation_rise: float = Field(0.25, gt=0, le=1, description="Rise of the share of completions cut at the "
+    truncation_rise: float = Field(0.75, gt=0, le=1, description="Rise of the share of completions cut at the "
                                    "token cap, over the reference's.")
     repeat_rise: float = Field(0.2, gt=0, le=1, description="Rise of the share of repeated n-grams in the "
                                "completions, over the reference's.")

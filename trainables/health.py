@@ -4,6 +4,9 @@ At every report `trainables.generation` completes held-out prompts greedily with
 reference model. The rule compares the two, per token, so it means the same on a 5-token answer and a 300-token
 one and needs no label:
 
+    kl_per_token     the policy's own sampled completions are more than t nats per token likelier under the policy
+                     than under the reference (gen_kl_per_token, a sampled KL(policy || reference) per token): the
+                     policy left the reference's neighbourhood - the distance DPO's beta is meant to bound
     nll_rise         the reference model finds the policy's completions less plausible than its own, by more than
                      t nats per token (gen_ref_nll_per_token - ref_gen_ref_nll_per_token): degenerate text,
                      a language the reference would not speak, answers pushed off the model's manifold
@@ -29,12 +32,13 @@ from typing import Any, Protocol
 
 REF = "ref_"
 # What the rule reads from a report.
-READS = ("gen_ref_nll_per_token", "gen_length_ratio", "gen_truncation_rate", "gen_repeat_ngram_rate",
+READS = ("gen_kl_per_token", "gen_ref_nll_per_token", "gen_length_ratio", "gen_truncation_rate", "gen_repeat_ngram_rate",
          REF + "gen_ref_nll_per_token", REF + "gen_truncation_rate", REF + "gen_repeat_ngram_rate")
-PARTS = ("nll_rise", "length_change", "truncation_rise", "repeat_rise")
+PARTS = ("kl_per_token", "nll_rise", "length_change", "truncation_rise", "repeat_rise")
 
 
 class Thresholds(Protocol):
+    kl_per_token: float
     nll_rise: float
     length_change: float
     truncation_rise: float
@@ -51,6 +55,9 @@ def _get(report: Mapping[str, Any], key: str) -> float | None:
 def measures(report: Mapping[str, Any]) -> dict[str, float]:
     """The rule's four quantities at one report (those it can compute from the report)."""
     out = {}
+    kl = _get(report, "gen_kl_per_token")
+    if kl is not None:
+        out["kl_per_token"] = kl
     nll, ref_nll = _get(report, "gen_ref_nll_per_token"), _get(report, REF + "gen_ref_nll_per_token")
     if nll is not None and ref_nll is not None:
         out["nll_rise"] = nll - ref_nll
@@ -70,7 +77,7 @@ def failed_parts(report: Mapping[str, Any], thresholds: Thresholds) -> dict[str,
 
 
 def measured(report: Mapping[str, Any]) -> bool:
-    return "nll_rise" in measures(report)
+    return bool({"kl_per_token", "nll_rise"} & set(measures(report)))
 
 
 def first_unhealthy(history: Sequence[Mapping[str, Any]], thresholds: Thresholds) -> int | None:
@@ -78,9 +85,10 @@ def first_unhealthy(history: Sequence[Mapping[str, Any]], thresholds: Thresholds
     return next((i for i, m in enumerate(history) if failed_parts(m, thresholds)), None)
 
 
-UNITS = {"nll_rise": "nats/token", "length_change": "of the reference's length", "truncation_rise": "of completions",
+UNITS = {"kl_per_token": "nats/token", "nll_rise": "nats/token", "length_change": "of the reference's length", "truncation_rise": "of completions",
          "repeat_rise": "of n-grams"}
-WORDS = {"nll_rise": "the reference model's NLL of the policy's completions rose",
+WORDS = {"kl_per_token": "the sampled KL from the reference reached",
+         "nll_rise": "the reference model's NLL of the policy's completions rose",
          "length_change": "completion length changed by",
          "truncation_rise": "completions cut at the token cap rose by",
          "repeat_rise": "repeated n-grams rose by"}
