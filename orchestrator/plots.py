@@ -107,8 +107,8 @@ def figure_heatmap(table: pd.DataFrame, knobs: list[str], metric: str, marked: d
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3.5))
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    ax.set_title(f"{metric} ({_budget_words(table)}), {y} x {x}\nred box: sweet spot; !: flagged; "
-                 "nll: the generations' NLL rise under the reference (nats/token)", fontsize=9)
+    ax.set_title(f"{metric} ({_budget_words(table)}), {y} x {x}\nred box: sweet spot; !: flagged; kl: sampled KL "
+                 "from the reference,\nnll: NLL rise of the generations under the reference (nats/token)", fontsize=8)
     fig.colorbar(im, ax=ax)
     return fig
 
