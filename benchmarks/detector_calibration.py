@@ -237,8 +237,10 @@ def analyse(tasks: dict[str, tuple[list[dict], set[int]]]) -> dict[str, Any]:
         rows.append(row)
     textbook = {name: evaluate(CANDIDATES["reward_rise (practitioner)"][0], TEXTBOOK_RISE, hs)
                 for name, hs in whole.items()}
+    # The default before the generations' health rule (benchmarks/selection_regret.py calibrates that one): these
+    # histories predate the generation evaluation, so the health rule cannot be scored on them.
     default = RewardHackingSettings()
-    signal = default.signals[0]
+    signal = "drift_per_token"
     detect, threshold = SIGNALS[signal].detect, getattr(default, signal)
     left_out = {name: [r["history"] for r in recs if not judgeable(r["history"])] for name, (recs, _) in tasks.items()}
     shipped = {"signal": signal, "threshold": threshold, **{n: evaluate(detect, threshold, hs) for n, hs in whole.items()},
@@ -316,8 +318,8 @@ def render(result: dict[str, Any], tasks: dict[str, tuple[list[dict], set[int]]]
         lines.append(f"By the goal, `{best['signal']}` at {thr_text(best['joint']['threshold'])} ({best['meaning']}) "
                      "holds across tasks (precision and recall >= 0.85, false alarms <= 10% both ways).")
     shipped = result["shipped"]
-    lines += ["", f"Shipped default (`trainables.config.RewardHackingSettings`): `{shipped['signal']}` at "
-              f"{thr_text(shipped['threshold'])}, on every judged trial: "
+    lines += ["", f"The earlier default, `{shipped['signal']}` at {thr_text(shipped['threshold'])} (before the "
+              "generations' health rule, \"Choosing the trial\"), on every judged trial: "
               + "; ".join(f"{n}: {cell_text(shipped[n])}" for n in names)
               + "; it flags " + "; ".join(f"{shipped['left_out'][n][0]} of the {shipped['left_out'][n][1]} {n} trials "
                                           "left out" for n in names) + "."]
