@@ -230,7 +230,7 @@ def analyse(tasks: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     names = [n for n, recs in tasks.items() if recs]
     # The health rule: calibrated on one task, scored on each other task; the shipped value on all of them.
     cross = []
-    for a in names:
+    for a in [n for n in names if any(judgeable(r) for r in tasks[n])]:  # a task nothing can fall below calibrates nothing
         t = calibrate(tasks[a])
         for b in names:
             if b != a:
