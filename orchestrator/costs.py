@@ -80,7 +80,8 @@ class SweepCost:
 
     def breakdown(self, most: int = 6) -> str:
         """'steps 41%, generation 22%, model_load 12%, ...': where the seconds went, largest first."""
-        phases, total = self.phase_seconds, sum(self.phase_seconds.values())
+        phases = self.phase_seconds
+        total = sum(phases.values())
         if not total:
             return ""
         ranked = sorted(((v, k) for k, v in phases.items() if v > 0), reverse=True)

@@ -125,8 +125,9 @@ def _health_text(cell: pd.DataFrame) -> str:
     main part) and the rise of the reference's NLL of its generations."""
     parts = []
     for column, text in (("gen_kl_per_token", "kl {:.2f}/tok"), ("gen_nll_rise", "nll {:+.2f}")):
-        if column in cell and pd.to_numeric(cell[column], errors="coerce").notna().any():
-            parts.append(text.format(pd.to_numeric(cell[column], errors="coerce").mean()))
+        values = pd.to_numeric(cell[column], errors="coerce") if column in cell else pd.Series(dtype=float)
+        if values.notna().any():
+            parts.append(text.format(values.mean()))
     return "\n" + ", ".join(parts) if parts else ""
 
 

@@ -361,13 +361,14 @@ def robust_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[s
         gap_se = {i: math.sqrt(p * (1 - p) / noise_n * (1 / reps[top] + 1 / reps[i])) for i in order}
         tied = [i for i in order if sign * (means[top] - means[i]) <= tie_se * gap_se[i]]
         band = tie_se * max(gap_se[i] for i in tied) if len(tied) > 1 else 0.0
-        close = rows.groupby(knobs)[closeness].mean() if closeness and closeness in rows else pd.Series(dtype=float)
-        near = {i: float(close.get(keys[i] if len(knobs) > 1 else keys[i][0], math.nan)) for i in tied}
         if len(tied) > 1:
             others = "; ".join(f"{_where(dict(zip(knobs, keys[i], strict=True)))} ({means[i]:.3g})"
                                for i in tied if i != top)
             noise = (f"{len(tied)} cells are within the held-out noise of the chosen cell's mean ({tie_se:g} SE of "
                      f"a difference on {noise_n:g} measurements, {band:.2g}): a near tie with {others}")
+            close = (rows.groupby(knobs)[closeness].mean() if tie_break == "closest" and closeness in rows
+                     else pd.Series(dtype=float))
+            near = {i: float(close.get(keys[i] if len(knobs) > 1 else keys[i][0], math.nan)) for i in tied}
             if tie_break == "closest" and all(math.isfinite(v) for v in near.values()):
                 pick = min(tied, key=lambda i: near[i])
                 order = [pick] + [i for i in order if i != pick]

@@ -20,10 +20,9 @@ PREFIX = "time_"
 
 
 class PhaseClock:
-    def __init__(self, seconds: dict[str, float] | None = None) -> None:
+    def __init__(self) -> None:
         self.seconds: dict[str, float] = {p: 0.0 for p in PHASES}
-        self.seconds.update(seconds or {})
-        self.wall_before = self.seconds.pop("trial", 0.0)  # earlier runs' wall time (a resumed trial)
+        self.wall_before = 0.0  # earlier runs' wall time (a resumed trial: `carry`)
         self.started = time.perf_counter()
         self._stack: list[tuple[str, float]] = []  # (phase, when it (re)started counting)
 
@@ -59,14 +58,14 @@ class PhaseClock:
         """Seconds per phase so far (open phases counted up to now) and the trial's wall time."""
         now = time.perf_counter()
         out = dict(self.seconds)
-        for i, (name, since) in enumerate(self._stack):
-            if i == len(self._stack) - 1:
-                out[name] += now - since
+        if self._stack:  # only the innermost open phase is counting
+            name, since = self._stack[-1]
+            out[name] += now - since
         out["trial"] = self.wall_before + now - self.started
         return out
 
     def carry(self, earlier: dict[str, float]) -> None:
-        """Add an earlier run's totals (`state()` from the checkpoint a resumed trial starts from)."""
+        """Add an earlier run's totals (`totals()` saved in the checkpoint a resumed trial starts from)."""
         for k, v in earlier.items():
             if k == "trial":
                 self.wall_before += float(v)
@@ -75,6 +74,3 @@ class PhaseClock:
 
     def metrics(self) -> dict[str, float]:
         return {f"{PREFIX}{k}_s": round(v, 3) for k, v in self.totals().items()}
-
-    def state(self) -> dict[str, float]:
-        return self.totals()

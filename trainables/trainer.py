@@ -309,7 +309,7 @@ class ReportCallback(TrainerCallback):
             if self.monitor.should_stop:
                 control.should_training_stop = True
         metrics.update(self.clock.metrics())
-        saved["timing"] = self.clock.state()
+        saved["timing"] = self.clock.totals()
         Path(ckpt, STATE_FILE).write_text(json.dumps(saved))
         self.reports += 1
         self.last_metrics, self.last_checkpoint = metrics, ckpt
