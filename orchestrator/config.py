@@ -83,6 +83,10 @@ class ResourceSettings(StrictModel):
         False, description="The cluster adds nodes on demand: capacity is not checked against the nodes up now.")
     max_concurrent_trials: int | None = Field(None, ge=1, description="Cap on trials running at once.")
     max_failures: int = Field(1, ge=0, description="Retries of a crashed trial, from its last checkpoint.")
+    resident_model: bool = Field(
+        True, description="Keep the loaded base model in each worker between the trials it runs and between a "
+                          "paused trial's pause and resume (trainables/resident.py); false loads it for every trial "
+                          "and every resume, as before.")
 
 
 class TrackingSettings(StrictModel):

@@ -2,7 +2,9 @@
 steps, tokens, what early stopping saved against running every trial to the end, and the shared
 reference's one-off cost.
 
-- Trial-seconds are Ray's `time_total_s` at a trial's last report (its training time, restarts included).
+- Trial-seconds: the trial's own clock at its last report (`time_trial_s`, trainables.timing: from its worker's
+  start for the first trial a worker runs, resumes included), else Ray's `time_total_s` (which starts once the
+  worker is up and its code imported).
 - Device-hours: each trial's seconds times what it held - its share of a GPU when packed (gpu_per_trial),
   else its CPUs (cpu_per_trial) - in hours. GPU-hours on GPUs, CPU-hours otherwise.
 - Tokens: `tokens_seen` at the trial's last report, steps x effective batch x the mean tokens of a pair
@@ -12,6 +14,8 @@ reference's one-off cost.
   seconds per step (a trial that never reported projects nothing), less what it ran.
 - The shared reference: its one-off seconds, and what it saved, estimated as one such pass per other trial
   (without it each trial computes the reference log-probs of the same data itself).
+- Paused: the seconds a trial waited at halving's rungs between its start and its last report; it held no
+  worker then, so they are not trial-seconds.
 - Where the seconds went: each trial's `time_<phase>_s` at its last report (`trainables.timing`: model load,
   data, trainer set-up, the reference's answers, optimizer steps, evaluation, probes, generation, checkpoints,
   reporting), summed; `other` is the rest of the trial-seconds. The training share is the steps' part.
@@ -37,6 +41,7 @@ class TrialCost:
     device_hours: float
     tokens: float
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase (trainables.timing), if reported
+    paused: float = 0.0  # seconds between its start and its last report that it did not run (halving's rungs)
 
     @property
     def projected_seconds(self) -> float:
@@ -60,11 +65,12 @@ class SweepCost:
     steps = _summed("steps")
     full_steps = _summed("full_steps")
     tokens = _summed("tokens")
+    paused_seconds = _summed("paused")
 
     @property
     def phase_seconds(self) -> dict[str, float]:
         """Seconds per phase over the trials that reported them, and `other`: the rest of those trials' seconds
-        (worker start and imports, Ray's reporting, the trainer's own bookkeeping); {} when none did."""
+        (the trainer's own bookkeeping between phases, Ray's work inside the trial); {} when none did."""
         timed = [t for t in self.trials if t.phases]
         if not timed:
             return {}
@@ -105,7 +111,8 @@ class SweepCost:
         """For the parent MLflow run, under cost.*."""
         out = {"cost.trial_seconds": self.trial_seconds, f"cost.{self.device.lower()}_hours": self.device_hours,
                "cost.steps": self.steps, "cost.full_grid_steps": self.full_steps, "cost.saved_steps": self.saved_steps,
-               "cost.saved_seconds": self.saved_seconds, "cost.tokens": self.tokens}
+               "cost.saved_seconds": self.saved_seconds, "cost.tokens": self.tokens,
+               "cost.paused_seconds": self.paused_seconds}
         if self.training_share is not None:
             out["cost.training_share"] = self.training_share
             out.update({f"cost.seconds_{k}": v for k, v in self.phase_seconds.items()})
@@ -120,6 +127,9 @@ class SweepCost:
                 f"{self.device_hours:.3g} {self.device}-hours, {self.steps} optimizer steps ({share} of the "
                 f"{self.full_steps} the trials would have run to their ends), ~{self.tokens:.3g} tokens. "
                 f"Stopping early saved {self.saved_steps} steps and ~{self.saved_seconds:.0f} trial-seconds.")
+        if self.paused_seconds >= 1:
+            text += (f" Trials waited {self.paused_seconds:.0f} s paused at halving's rungs (holding no worker; "
+                     "not trial-seconds).")
         if self.training_share is not None:
             text += f" Training share {self.training_share:.0%} (optimizer steps / trial-seconds): {self.breakdown()}."
         if self.reference_seconds is not None:
@@ -133,7 +143,8 @@ class SweepCost:
 def trial_cost(rec: TrialRecord, cpu_per_trial: float, gpu_per_trial: float) -> TrialCost:
     h = rec.history
     last = h.iloc[-1] if len(h) else pd.Series(dtype=float)
-    seconds = float(last.get("time_total_s", 0.0) or 0.0)
+    own = last.get(f"{PREFIX}trial_s")
+    seconds = float(own if own is not None and pd.notna(own) else last.get("time_total_s", 0.0) or 0.0)
     steps = int(last.get("step", 0) or 0)
     # The steps at a report are the same for every report of the trial: its full length is the steps per
     # report times the reports it was to make.
@@ -145,7 +156,17 @@ def trial_cost(rec: TrialRecord, cpu_per_trial: float, gpu_per_trial: float) -> 
     phases = {p: float(last[f"{PREFIX}{p}_s"]) for p in PHASES
               if f"{PREFIX}{p}_s" in last and pd.notna(last[f"{PREFIX}{p}_s"])}
     return TrialCost(trial_id=rec.trial_id, seconds=seconds, steps=steps, full_steps=max(full, steps),
-                     device_hours=seconds * held / 3600, tokens=tokens, phases=phases)
+                     device_hours=seconds * held / 3600, tokens=tokens, phases=phases, paused=paused_seconds(h))
+
+
+def paused_seconds(history: pd.DataFrame) -> float:
+    """The trial's span from its start to its last report (Ray's `timestamp`s) less the seconds it ran
+    (`time_total_s`, which does not count time paused): what it waited at halving's rungs."""
+    if len(history) == 0 or not {"timestamp", "time_total_s", "time_this_iter_s"} <= set(history.columns):
+        return 0.0
+    first, last = history.iloc[0], history.iloc[-1]
+    span = float(last["timestamp"]) - (float(first["timestamp"]) - float(first["time_this_iter_s"]))
+    return max(span - float(last["time_total_s"]), 0.0)
 
 
 def sweep_cost(records: list[TrialRecord], cpu_per_trial: float, gpu_per_trial: float,

@@ -49,7 +49,7 @@ def build_shared_reference(spec: TrialSpec, cache_root: str | Path, log=print) -
     model_path = resolve_model_path(spec.model, spec.cache_dir, log=log)
     tokenizer = load_tokenizer(model_path, spec.model)
     data = load_preference_data(spec.data, tokenizer, spec.dpo.max_length, spec.dpo.truncation_mode)
-    parts = reference_key_parts(spec, model_path, tokenizer, data.train, data.eval)
+    parts = reference_key_parts(spec, model_path, tokenizer, data.train, data.eval, data.probes)
     key = reference_key(parts)
     target = Path(cache_root) / key
     meta = read_shared(target)
@@ -62,7 +62,10 @@ def build_shared_reference(spec: TrialSpec, cache_root: str | Path, log=print) -
         ref_spec.dpo.precompute_ref_log_probs = True
         ref_spec.output_dir = str(tmp / "unused-output")
         trainer, _, callback = build_trainer(ref_spec, lambda m, c: None, log=log, data=data)
-        callback.generation.set_reference(trainer.model)  # a fresh adapter is the identity: the reference model
+        # A fresh adapter is the identity: these are the reference model's completions and probe answers, which
+        # every trial reads instead of making its own.
+        callback.generation.set_reference(trainer.model)
+        probe_reference = callback.reference_answers(trainer.model) if data.probes else {}
         columns = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
         for split, ds in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
             datasets.Dataset.from_dict({c: ds[c] for c in columns}).save_to_disk(str(tmp / split))
@@ -70,7 +73,7 @@ def build_shared_reference(spec: TrialSpec, cache_root: str | Path, log=print) -
         meta = {"key": key, "parts": parts, "probes": data.probes, "description": data.description,
                 "conversational": data.conversational, "dropped": data.dropped, "train_rows": trainer.train_dataset.num_rows,
                 "eval_rows": trainer.eval_dataset.num_rows, "seconds": round(seconds, 3),
-                "generation": shared_entry(callback.generation)}
+                "generation": shared_entry(callback.generation), "probe_reference": probe_reference}
         shutil.rmtree(tmp / "unused-output", ignore_errors=True)
         (tmp / META).write_text(json.dumps(meta, indent=2))
     return SharedReference(key, target, True, seconds, meta["train_rows"], meta["eval_rows"])

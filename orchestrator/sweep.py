@@ -206,6 +206,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, log=print, progress:
         context = SweepContext(base_spec=cfg.trial.model_dump(mode="json"), tracking_uri=pre.tracking_uri,
                                experiment_id=state.experiment_id, parent_run_id=state.parent_run_id,
                                cpu_per_trial=cfg.resources.cpu_per_trial, tracking_flush_s=cfg.tracking.flush_s,
+                               resident_model=cfg.resources.resident_model,
                                shared_reference=str(reference.path) if reference else None)
         _quiet_tune_output()
         from ray import tune

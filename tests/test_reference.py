@@ -24,7 +24,7 @@ def key_of(spec, tokenizer_edit=None):
     if tokenizer_edit:
         tokenizer_edit(tok)
     data = load_preference_data(spec.data, tok, spec.dpo.max_length, spec.dpo.truncation_mode)
-    return reference_key(reference_key_parts(spec, path, tok, data.train, data.eval))
+    return reference_key(reference_key_parts(spec, path, tok, data.train, data.eval, data.probes))
 
 
 @pytest.mark.parametrize("section", [
@@ -56,6 +56,8 @@ def test_key_changes_with_model_quantization_tokenizer_data_and_length(make_spec
             "float32" if resolve_compute_dtype("auto") != "float32" else "bfloat16")})),
         "tokenizer": key_of(make_spec(), tokenizer_edit=lambda t: setattr(t, "chat_template", "{{ x }}")),
         "data": key_of(make_spec(data={"synthetic": {"num_train": 512, "num_eval": 128, "label_noise": 0.1}})),
+        # The probes the reference's answers were measured on (the store holds those answers).
+        "probes": key_of(make_spec(data={"synthetic": {"num_train": 512, "num_eval": 128, "num_probe": 16}})),
         "max length": key_of(make_spec(dpo={"max_length": 48})),
         "truncation": key_of(make_spec(dpo={"truncation_mode": "keep_end"})),
     }
@@ -85,9 +87,12 @@ def test_a_trial_on_the_shared_reference_matches_one_that_computes_its_own(make_
     result = run_trial(make_spec("shared"), lambda m, c: shared.append(m), log=quiet, shared_reference=str(ref.path))
     assert "shared reference" in result.data_description
     assert [m["step"] for m in own] == [m["step"] for m in shared]
+    # The reference's probe answers come from the store too: the trial spends no time on them.
+    assert shared[-1]["time_reference_s"] < 0.1 * own[-1]["time_reference_s"]
     for a, b in zip(own, shared, strict=True):
         for key in ("eval_loss", "eval_rewards_accuracies", "eval_rewards_margins", "eval_logps_chosen",
-                    "train_loss", "eval_abs_logratio", "answer_exact_rate"):
+                    "train_loss", "eval_abs_logratio", "answer_exact_rate", "ref_answer_exact_rate",
+                    "ref_answer_length_tokens"):
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), key
 
 

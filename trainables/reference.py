@@ -12,7 +12,9 @@ special tokens), the validated train/eval rows, max_length and truncation mode, 
 of the libraries that tokenize and quantize (trl, transformers, bitsandbytes, torch).
 
     <storage>/reference-cache/<key>/{train,eval}/   datasets (save_to_disk) with ids + ref log-probs
-    <storage>/reference-cache/<key>/meta.json        the key's parts, probes, sizes, seconds taken
+    <storage>/reference-cache/<key>/meta.json        the key's parts, probes and the reference's answers to them
+                                                     (`probe_reference`), its generation completions, sizes,
+                                                     seconds taken
 
 This module is the store and its key; the driver builds an entry (`orchestrator.prepare`), trials read one.
 """
@@ -28,7 +30,9 @@ from typing import Any
 from trainables.config import TrialSpec
 
 META = "meta.json"
-FORMAT_VERSION = 2  # 2: the reference's completions of the generation prompts (trainables.generation)
+# 2: the reference's completions of the generation prompts (trainables.generation); 3: the reference's answers
+# to the probes (`probe_reference`), and the probes in the key.
+FORMAT_VERSION = 3
 
 
 def _sha(obj: Any) -> str:
@@ -54,12 +58,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
                  "special": tokenizer.special_tokens_map, "class": type(tokenizer).__name__})
 
 
-def data_fingerprint(train: list[dict], eval_rows: list[dict]) -> str:
-    return _sha({"train": train, "eval": eval_rows})
+def data_fingerprint(train: list[dict], eval_rows: list[dict], probes: list | None = None) -> str:
+    return _sha({"train": train, "eval": eval_rows, "probes": probes or []})
 
 
 def reference_key_parts(spec: TrialSpec, model_path: str, tokenizer, train: list[dict],
-                        eval_rows: list[dict]) -> dict[str, Any]:
+                        eval_rows: list[dict], probes: list | None = None) -> dict[str, Any]:
     import bitsandbytes
     import torch
     import transformers
@@ -75,7 +79,7 @@ def reference_key_parts(spec: TrialSpec, model_path: str, tokenizer, train: list
         "quantization": {"kind": m.quantization, "double_quant": m.double_quant,
                          "compute_dtype": resolve_compute_dtype(m.compute_dtype)},
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "data": data_fingerprint(train, eval_rows),
+        "data": data_fingerprint(train, eval_rows, probes),
         "max_length": spec.dpo.max_length,
         "truncation_mode": spec.dpo.truncation_mode,
         # The prompts, their length cap and the rewards the reference's completions were made and scored with.

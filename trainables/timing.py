@@ -1,9 +1,9 @@
 """Where a trial's seconds go: wall time per phase, carried in every report as `time_<phase>_s`.
 
 Phases are exclusive: time spent in a phase opened inside another counts for the inner one only, so the
-phases add up to no more than the trial's wall time (`time_trial_s`). What none of them holds (the worker's
-start and imports before the trial begins, Ray's reporting, TRL's bookkeeping between steps) is the rest of
-Ray's `time_total_s`; `orchestrator.costs` names it. The clock's totals ride in each checkpoint, so a trial
+phases add up to no more than the trial's wall time (`time_trial_s`). What none of them holds (Ray's own
+work between the trial's function calls, TRL's bookkeeping between steps) is the rest of the trial's
+seconds; `orchestrator.costs` names it. The clock's totals ride in each checkpoint, so a trial
 paused and resumed by halving keeps counting from where it was.
 """
 
@@ -13,8 +13,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# In the order a trial meets them.
-PHASES = ("model_load", "data", "trainer_init", "reference", "checkpoint_restore", "steps", "evaluation", "probes",
+# In the order a trial meets them. worker_start (the worker process's start up to loading the trial's code)
+# and imports (torch, transformers, TRL, ...) are paid by the first trial a worker runs; Ray reuses workers.
+PHASES = ("worker_start", "imports", "model_load", "data", "trainer_init", "reference", "checkpoint_restore", "steps", "evaluation", "probes",
           "generation", "checkpoint_save", "report")
 PREFIX = "time_"
 
@@ -63,6 +64,11 @@ class PhaseClock:
             out[name] += now - since
         out["trial"] = self.wall_before + now - self.started
         return out
+
+    def add_before(self, name: str, seconds: float) -> None:
+        """Count `seconds` spent in `name` before the clock started (the worker's start-up)."""
+        self.seconds[name] += seconds
+        self.wall_before += seconds
 
     def carry(self, earlier: dict[str, float]) -> None:
         """Add an earlier run's totals (`totals()` saved in the checkpoint a resumed trial starts from)."""

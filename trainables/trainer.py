@@ -235,15 +235,19 @@ class ReportCallback(TrainerCallback):
             self._reference_answers(model, state)
 
     def _reference_answers(self, model, state) -> None:
-        if self.probes and model is not None and not self.reference:
+        if self.probes and model is not None and not self.reference:  # not from the shared reference nor resumed
             if state.global_step == 0:  # a fresh LoRA adapter (B = 0) is the identity: this is the reference
-                quality = self.probe(model)
+                self.reference = self.reference_answers(model)
             else:  # a checkpoint of an older version, without the reference's answers
                 with model.disable_adapter():
-                    quality = self.probe(model)
-            self.reference = {REFERENCE_PREFIX + k: v for k, v in quality.items()}
-            self.log("[trial] reference model: " + ", ".join(f"{k} {v:.3g}" for k, v in quality.items()))
+                    self.reference = self.reference_answers(model)
         self.ensure_generation_reference(model, state.global_step)
+
+    def reference_answers(self, model) -> dict[str, float]:
+        """The probes' quality as `ref_answer_*` (`model`: the reference, or a fresh adapter on it)."""
+        quality = self.probe(model)
+        self.log("[trial] reference model: " + ", ".join(f"{k} {v:.3g}" for k, v in quality.items()))
+        return {REFERENCE_PREFIX + k: v for k, v in quality.items()}
 
     def ensure_generation_reference(self, model, step: int) -> None:
         """The reference's completions of the generation prompts, made once (here before the first step, or by
@@ -318,12 +322,14 @@ class ReportCallback(TrainerCallback):
 
 
 def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_reference: str | None = None,
-                  clock: PhaseClock | None = None):
+                  clock: PhaseClock | None = None, resident: bool = False):
     """(trainer, data, callback): everything set up, nothing trained. Tests inspect the trainer directly.
 
     `data`: already loaded and validated rows (else loaded from spec.data). `shared_reference`: a
     directory of `trainables.reference` - token ids and reference log-probs computed once for the
-    sweep; the trial then neither tokenizes nor runs a reference forward pass.
+    sweep; the trial then neither tokenizes nor runs a reference forward pass. `resident`: take the base model
+    this process keeps loaded between trials (`trainables.resident`; the caller hands it back with
+    `resident.strip_trial`).
     """
     import datasets
     import transformers
@@ -339,7 +345,14 @@ def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_
     clock = clock or PhaseClock()
     device = trial_device()
     with clock.phase("model_load"):  # conversion and quantization included
-        model, tokenizer = load_base_model(spec.model, spec.cache_dir, device=device, log=log)
+        if resident:
+            from trainables import resident as resident_model
+
+            model, tokenizer, reused = resident_model.acquire(spec.model, spec.cache_dir, device, log=log)
+            if reused:
+                log("[trial] base model: resident in this worker since an earlier trial (not loaded again)")
+        else:
+            model, tokenizer = load_base_model(spec.model, spec.cache_dir, device=device, log=log)
     clock.begin("data")
     if shared_reference:
         train_ds, eval_ds, meta = load_shared_datasets(shared_reference)
@@ -363,6 +376,8 @@ def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_
                                        shared=meta.get("generation") if shared_reference else None)
     clock.end("data")
     callback = ReportCallback(report, spec, data.probes, tokenizer, log=log, generation=generation, clock=clock)
+    if shared_reference and meta.get("probe_reference"):  # the reference's probe answers, made once per sweep
+        callback.reference = dict(meta["probe_reference"])
     clock.begin("trainer_init")  # tokenization and the reference log-probs, unless the shared reference has them
     trainer = SweepDPOTrainer(
         model=model,

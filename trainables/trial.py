@@ -20,6 +20,7 @@ from typing import Any
 
 from trainables.config import TrialSpec
 from trainables.metrics import Report
+from trainables.timing import PhaseClock
 
 
 @dataclass
@@ -55,23 +56,43 @@ def out_of_memory_message(spec: TrialSpec, step: int, exc: BaseException) -> str
 
 
 def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, log=print,
-              shared_reference: str | None = None) -> TrialResult:
+              shared_reference: str | None = None, resident: bool = False,
+              clock: PhaseClock | None = None) -> TrialResult:
     """Train one trial; `resume_from` is a checkpoint directory written by an earlier report.
 
     Resumed, it continues from that checkpoint's step (adapter, optimizer, scheduler, RNG and data
-    order restored) and reports only the steps after it.
+    order restored) and reports only the steps after it. `resident`: use the base model this process keeps
+    loaded between trials (`trainables.resident`) and hand it back, cleaned, however the trial ends; the
+    result then carries no trainer. `clock`: the trial's phase clock, when the caller started timing earlier.
     """
-    from trainables.timing import PhaseClock
     from trainables.trainer import build_trainer, check_trainer_config  # TRL: imported when a trial runs
 
-    clock = PhaseClock()
+    clock = clock or PhaseClock()
     check_trainer_config(spec)  # TRL's and transformers' own refusals, before a model is loaded
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "trial_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
-    trainer, data, callback = build_trainer(spec, report, log=log, shared_reference=shared_reference, clock=clock)
-    if resume_from:
-        callback.restore(resume_from)
+    trainer = None
+    try:
+        trainer, data, callback = build_trainer(spec, report, log=log, shared_reference=shared_reference,
+                                                clock=clock, resident=resident)
+        if resume_from:
+            callback.restore(resume_from)
+        _train(trainer, spec, resume_from)
+        flagged = callback.monitor.flagged_at_step if callback.monitor else None
+        return TrialResult(reports=callback.reports, flagged_at_step=flagged, last_metrics=callback.last_metrics,
+                           final_checkpoint=callback.last_checkpoint, data_description=data.description,
+                           dropped_rows=data.dropped, trainer=None if resident else trainer)
+    finally:
+        if resident:  # success, failure or out of memory: the next trial gets a clean model and the memory back
+            from trainables import resident as resident_model
+
+            model = trainer.model if trainer is not None else None
+            trainer = None  # the optimizer state and the trainer's references go with it
+            resident_model.strip_trial(model, log=log)
+
+
+def _train(trainer, spec: TrialSpec, resume_from: str | None) -> None:
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except MemoryError as e:  # torch.OutOfMemoryError (CUDA, XPU) is a RuntimeError; see below
@@ -80,7 +101,3 @@ def run_trial(spec: TrialSpec, report: Report, resume_from: str | None = None, l
         if not _is_oom(e):
             raise
         raise TrialOutOfMemory(out_of_memory_message(spec, trainer.state.global_step, e)) from e
-    flagged = callback.monitor.flagged_at_step if callback.monitor else None
-    return TrialResult(reports=callback.reports, flagged_at_step=flagged, last_metrics=callback.last_metrics,
-                       final_checkpoint=callback.last_checkpoint, data_description=data.description,
-                       dropped_rows=data.dropped, trainer=trainer)

@@ -7,15 +7,18 @@ into an MLflow step and a `ray.tune.report` with the checkpoint directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trainables.config import TrialSpec, spec_with_params
 from trainables.generation import TABLE_FILE
+from trainables.timing import PhaseClock
 from trainables.tracking import FLAG_TAG, TrialRunLogger, open_trial_run, trial_run_fields
 
 
@@ -30,13 +33,25 @@ class SweepContext:
     cpu_per_trial: float
     shared_reference: str | None = None  # trainables.reference directory, when the sweep shares one
     tracking_flush_s: float = 60.0  # at a trial's end, how long to wait for queued MLflow calls
+    resident_model: bool = True  # keep the base model loaded in the worker between trials (trainables.resident)
 
 
 def trial_spec_for(context: SweepContext, params: dict[str, Any], output_dir: str) -> TrialSpec:
     return TrialSpec.model_validate({**spec_with_params(context.base_spec, params), "output_dir": output_dir})
 
 
+_IMPORTED_AT = time.time()  # when the worker process had imported this module
+_first_trial_in_process = True
+
+
 def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
+    global _first_trial_in_process
+    clock = PhaseClock()
+    if _first_trial_in_process:  # a reused worker (reuse_actors) pays its start-up once, for its first trial
+        _first_trial_in_process = False
+        clock.add_before("worker_start", _seconds_since_process_start(_IMPORTED_AT))
+        with clock.phase("imports"):  # torch, transformers, TRL, peft, bitsandbytes
+            import trainables.trainer  # noqa: F401
     import ray
     import torch
     from ray import tune
@@ -82,16 +97,26 @@ def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
     try:
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
-            run_trial(spec, report, log=_worker_log, shared_reference=context.shared_reference)
+            run_trial(spec, report, log=_worker_log, shared_reference=context.shared_reference,
+                      resident=context.resident_model, clock=clock)
         else:
-            with checkpoint.as_directory() as d:
-                run_trial(spec, report, resume_from=d, log=_worker_log,
-                          shared_reference=context.shared_reference)
+            with contextlib.ExitStack() as stack:
+                with clock.phase("checkpoint_restore"):  # fetched from the sweep's storage
+                    d = stack.enter_context(checkpoint.as_directory())
+                run_trial(spec, report, resume_from=d, log=_worker_log, shared_reference=context.shared_reference,
+                          resident=context.resident_model, clock=clock)
     finally:
         left = tracker.close(timeout=context.tracking_flush_s)
         if left:
             _worker_log(f"[mlflow] {left} call(s) not delivered in {context.tracking_flush_s:.0f} s; the driver "
                         "fills the run in from Ray's results at the end of the sweep")
+
+
+def _seconds_since_process_start(until: float) -> float:
+    """Seconds from the worker process's start to `until` (its interpreter start and Ray's worker set-up)."""
+    import psutil
+
+    return max(until - psutil.Process().create_time(), 0.0)
 
 
 def _worker_log(msg: str) -> None:

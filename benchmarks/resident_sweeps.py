@@ -1,0 +1,156 @@
+"""Old path against new, side by side: whole sweeps (`dpo-sweep run <config>`), interleaved rounds.
+
+    .venv/bin/python benchmarks/resident_sweeps.py --base d48ede5 --configs demo smollm2 --rounds 2 \\
+        --out benchmarks/results/resident_sweeps.json
+
+The old path is the code at `--base` (a git worktree of that commit, put first on PYTHONPATH for the
+driver and, through the environment, its Ray workers); the new path is this checkout. Each run starts in a
+fresh directory (new Ray, new MLflow database, the shared reference computed again) with the model caches
+warm, the way a user's second sweep goes. Round k runs old-new for every config when k is odd and new-old
+when even, so drift of a shared machine falls on both.
+
+Per run: wall seconds; Ray's trial-seconds (`time_total_s` at each trial's last report, the same clock on
+both paths: the worker's start is outside it); the optimizer-step seconds (`time_steps_s`) and their share of
+Ray's trial-seconds; the new path's own trial clock (`time_trial_s`, which counts the worker's start and
+imports) and its phases; the sweet-spot line; and every trial's reported metrics, compared between the paths
+(figures that are clocks - *_s, *_runtime, *_per_second, gen_seconds - left out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLOCKS = re.compile(r"(_s|_runtime|_per_second|_seconds)$|^(timestamp|date|pid|node_id|node_ip|hostname|"
+                    r"time_since_restore|iterations_since_restore|trial_id|done|checkpoint_dir_name|config|"
+                    r"should_checkpoint|training_iteration|timesteps_total|episodes_total|experiment_tag)$")
+
+
+def worktree(commit: str) -> Path:
+    path = Path(tempfile.gettempdir()) / f"dpo-sweep-base-{commit[:12]}"
+    if not (path / "orchestrator").is_dir():
+        subprocess.run(["git", "worktree", "add", "--detach", "--force", str(path), commit], cwd=ROOT, check=True,
+                       capture_output=True)
+    return path
+
+
+def trials_of(experiment: Path) -> dict[str, list[dict]]:
+    """{config as text: the trial's reports in order}."""
+    out = {}
+    for result in sorted(experiment.glob("*/result.json")):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if rows:
+            out[json.dumps(rows[0]["config"], sort_keys=True)] = rows
+    return out
+
+
+def run_once(config: str, pythonpath: str | None) -> dict:
+    exe = Path(sys.executable).with_name("dpo-sweep")
+    env = {**os.environ}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        out = subprocess.run([str(exe), "run", config], cwd=tmp, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t0
+        if out.returncode != 0:
+            sys.exit(f"{config} ({'old' if pythonpath else 'new'}) failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+        lines = out.stdout.splitlines()
+        experiment = Path(next(ln for ln in lines if ln.startswith("Ray results:")).split(":", 1)[1].strip())
+        trials = trials_of(experiment)
+    last = [rows[-1] for rows in trials.values()]
+    ray_seconds = sum(r["time_total_s"] for r in last)
+    steps = sum(r.get("time_steps_s", 0.0) for r in last)
+    own = sum(max(r.get("time_trial_s", 0.0), r["time_total_s"]) for r in last)
+    phases = {}
+    for r in last:
+        for k, v in r.items():
+            if k.startswith("time_") and k.endswith("_s") and k not in ("time_total_s", "time_this_iter_s", "time_trial_s"):
+                phases[k[5:-2]] = phases.get(k[5:-2], 0.0) + v
+    return {
+        "wall_s": round(wall, 1), "ray_trial_seconds": round(ray_seconds, 1), "steps_seconds": round(steps, 1),
+        "training_share_ray": round(steps / ray_seconds, 3) if ray_seconds else None,
+        "own_trial_seconds": round(own, 1), "training_share_own": round(steps / own, 3) if own else None,
+        "phases_s": {k: round(v, 1) for k, v in sorted(phases.items(), key=lambda kv: -kv[1])},
+        "model_loads": sum(1 for rows in trials.values() for r in rows if r.get("time_model_load_s", 0) > 0),
+        "sweet_spot": next((ln for ln in lines if ln.startswith("Sweet spot")), ""),
+        "cost_line": next((ln for ln in lines if ln.startswith("Cost:")), ""),
+        "reports": {cfg: [{k: v for k, v in r.items() if not CLOCKS.search(k)} for r in rows]
+                    for cfg, rows in trials.items()},
+    }
+
+
+def same_answers(a: dict, b: dict) -> dict:
+    """Trials whose every reported figure (clocks aside) is equal on both paths, and the largest difference."""
+    equal, differ, worst = 0, [], 0.0
+    for cfg in sorted(set(a["reports"]) | set(b["reports"])):
+        ra, rb = a["reports"].get(cfg, []), b["reports"].get(cfg, [])
+        diffs = []
+        for x, y in zip(ra, rb):
+            for k in set(x) | set(y):
+                u, v = x.get(k), y.get(k)
+                if u == v or (isinstance(u, float) and isinstance(v, float) and math.isnan(u) and math.isnan(v)):
+                    continue
+                diffs.append(k)
+                if isinstance(u, (int, float)) and isinstance(v, (int, float)):
+                    worst = max(worst, abs(u - v))
+        if len(ra) != len(rb):
+            diffs.append("number of reports")
+        if diffs:
+            differ.append({"trial": cfg, "figures": sorted(set(diffs))[:8]})
+        else:
+            equal += 1
+    return {"identical_trials": equal, "differing_trials": differ, "largest_difference": worst,
+            "same_sweet_spot": a["sweet_spot"] == b["sweet_spot"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", required=True, help="the commit of the old path")
+    ap.add_argument("--configs", nargs="+", default=["demo", "smollm2"])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    old_tree = str(worktree(args.base))
+    runs: dict[str, dict[str, list[dict]]] = {c: {"old": [], "new": []} for c in args.configs}
+    for k in range(args.rounds):
+        for config in args.configs:
+            order = ("old", "new") if k % 2 == 0 else ("new", "old")
+            for variant in order:
+                r = run_once(config, old_tree if variant == "old" else None)
+                runs[config][variant].append(r)
+                print(f"round {k + 1} {config} {variant}: {r['wall_s']} s wall, {r['ray_trial_seconds']} Ray "
+                      f"trial-s, share {r['training_share_ray']} (own clock {r['training_share_own']}); "
+                      f"{r['sweet_spot'][:90]}", file=sys.stderr, flush=True)
+    summary = {}
+    for config, by in runs.items():
+        med = {v: {f: statistics.median(r[f] for r in rs) for f in
+                   ("wall_s", "ray_trial_seconds", "steps_seconds", "training_share_ray", "own_trial_seconds",
+                    "training_share_own")} for v, rs in by.items()}
+        summary[config] = {
+            "median": med,
+            "wall_ratio_new_over_old": round(med["new"]["wall_s"] / med["old"]["wall_s"], 3),
+            "ray_trial_seconds_ratio": round(med["new"]["ray_trial_seconds"] / med["old"]["ray_trial_seconds"], 3),
+            "answers": [same_answers(o, n) for o, n in zip(by["old"], by["new"])],
+            "runs": {v: [{k: x for k, x in r.items() if k != "reports"} for r in rs] for v, rs in by.items()},
+        }
+    result = {"benchmark": "resident_sweeps", "base": args.base, "cpus": os.cpu_count(), "rounds": args.rounds,
+              "date": time.strftime("%Y-%m-%d"), "summary": summary}
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
