@@ -61,7 +61,8 @@ def run_once(config: str, pythonpath: str | None) -> dict:
         env["PYTHONPATH"] = pythonpath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        out = subprocess.run([str(exe), "run", config], cwd=tmp, capture_output=True, text=True, env=env)
+        out = subprocess.run([str(exe), "run", config], check=False, cwd=tmp, capture_output=True, text=True,
+                             env=env)
         wall = time.perf_counter() - t0
         if out.returncode != 0:
             sys.exit(f"{config} ({'old' if pythonpath else 'new'}) failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
