@@ -56,19 +56,12 @@ class TrialRecord:
         """The signal that flagged the trial ('' when none did)."""
         if not self.flagged:
             return ""
-        if "reward_hack_signal" in self.history:
-            named = self.history["reward_hack_signal"].dropna()
-            if len(named):
-                return str(named.iloc[-1])
-        return "flagged"
+        return _last_text(self.history, "reward_hack_signal") or "flagged"
 
     @property
     def flag_detail(self) -> str:
         """What the flagging signal saw, in words ('' when no trial flag or no words)."""
-        if not self.flagged or "reward_hack_detail" not in self.history:
-            return ""
-        named = self.history["reward_hack_detail"].dropna()
-        return str(named.iloc[-1]) if len(named) else ""
+        return _last_text(self.history, "reward_hack_detail") if self.flagged else ""
 
     @property
     def status(self) -> str:
@@ -133,6 +126,14 @@ def not_knobs(metric: str) -> set[str]:
     return {*BOOKKEEPING, *EXTRA_RESULT_METRICS, metric, f"best_{metric}", f"final_{metric}"}
 
 
+def _last_text(history: pd.DataFrame, column: str) -> str:
+    """The last non-empty text of a column ('' when none; a report before the flag carries '')."""
+    if column not in history:
+        return ""
+    named = [str(v) for v in history[column].dropna() if str(v)]
+    return named[-1] if named else ""
+
+
 def unique_steps(history: pd.DataFrame) -> pd.DataFrame:
     """A trial's reports in step order, each step once (its first report, as in MLflow)."""
     if "step" not in history or not len(history):
@@ -164,7 +165,14 @@ def _history(result) -> pd.DataFrame:
     def steps(d: pd.DataFrame) -> int:
         return d["step"].nunique() if "step" in d else len(d)
 
-    return csv if steps(csv) > steps(df) else df
+    if steps(csv) <= steps(df):
+        return df
+    # Ray's CSV header is the first report's keys: a key that appears later (a flag's signal and words) is in
+    # result.json only; it joins the fuller CSV by step.
+    later = [c for c in df.columns if c not in csv.columns]
+    if later and "step" in df and "step" in csv:
+        csv = csv.merge(unique_steps(df)[["step", *later]], on="step", how="left")
+    return csv
 
 
 def records_from_results(grid, base_spec: dict[str, Any], metric: str, mode: str) -> list[TrialRecord]:

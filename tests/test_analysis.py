@@ -192,3 +192,25 @@ def test_the_report_shows_the_best_and_the_least_plausible_trials_completions_si
     text = md.read_text()
     assert "## What the trials generate" in text and "| Q0 | ref 0 | a says 0 | c says 0 |" in text
     assert "Q4" not in text  # the first four prompts only
+
+
+def test_a_flag_raised_after_the_first_report_keeps_its_signal_when_progress_csv_is_the_fuller_history(tmp_path):
+    # Halving resumes a trial on another worker; Ray's result.json can restart there (losing the early reports),
+    # so the fuller progress.csv is read - whose header is the first report's keys. A signal named at a later
+    # report is in result.json only; the record must still name it (not "flagged").
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+
+    from orchestrator.records import _history
+
+    pd.DataFrame({"step": [8, 16, 24], "eval_rewards_accuracies": [0.6, 0.7, 0.8],
+                  "reward_hack_flag": [0.0, 0.0, 1.0]}).to_csv(tmp_path / "progress.csv", index=False)
+    after_resume = pd.DataFrame({"step": [24], "eval_rewards_accuracies": [0.8], "reward_hack_flag": [1.0],
+                                 "reward_hack_signal": ["health"], "reward_hack_detail": ["kl 1.1/tok"]})
+    result = SimpleNamespace(metrics_dataframe=after_resume, filesystem=pyarrow.fs.LocalFileSystem(),
+                             path=str(tmp_path))
+    history = _history(result)
+    assert list(history["step"]) == [8, 16, 24]
+    rec = TrialRecord(trial_id="t", params={}, history=history, expected_reports=4)
+    assert rec.flag_signal == "health" and rec.flag_detail == "kl 1.1/tok"

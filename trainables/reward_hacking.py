@@ -76,8 +76,8 @@ class RewardHackingMonitor:
             self.signal, self.detail = name, describe(name, self.settings, self.history, fired[name])
         out.update({"reward_hack_flag": float(self.flagged_at_step is not None),
                     "reward_hack_stop": float(self.should_stop)})
-        if self.signal:
-            out["reward_hack_signal"], out["reward_hack_detail"] = self.signal, self.detail
+        # Present from the first report ('' until a flag): Ray's progress.csv keeps only the first report's keys.
+        out["reward_hack_signal"], out["reward_hack_detail"] = self.signal or "", self.detail or ""
         return out
 
     @property
