@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/detector_calibration.py --quick        # tiny-llama only, tiny data: ~2 min, a check
     .venv/bin/python benchmarks/detector_calibration.py                # both tasks; ~15 + ~80 min of trials on one thread
-    .venv/bin/python benchmarks/detector_calibration.py --readme README.md   # also rewrite the README's table
+    .venv/bin/python benchmarks/detector_calibration.py --readme docs/benchmarks.md   # also rewrite its table there
 
 Tasks. Synthetic: tiny-llama, beta {0.01, 0.1, 0.5} x learning_rate {5e-5, 5e-4, 1.5e-3, 5e-3} x label_noise
 {0, 0.2} x seeds 0-5, 2 epochs, 4 reports per epoch. Real: SmolLM2-135M-Instruct in NF4 + LoRA on the arithmetic

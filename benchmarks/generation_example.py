@@ -1,8 +1,8 @@
 """The generation evaluation on a finished sweep: every trial's last report beside its answers, and what the
-evaluation cost. Prints Markdown; --readme writes it into README.md's generation_example block.
+evaluation cost. Prints Markdown; --readme writes it into docs/trial.md's generation_example block.
 
     .venv/bin/dpo-sweep run smollm2 --set storage.path=/tmp/smol       # the real-model example sweep
-    .venv/bin/python benchmarks/generation_example.py /tmp/smol/<sweep> [--readme README.md]
+    .venv/bin/python benchmarks/generation_example.py /tmp/smol/<sweep> [--readme docs/trial.md]
 
 Reads Ray's per-trial progress.csv (every report's metrics, `time_total_s`) and each trial's last
 completions.json (trainables.generation) from the sweep's experiment directory.

@@ -2,7 +2,7 @@
 chat task, mean ± standard error over seeds. The synthetic-task version is `practitioner_claims.py`.
 
     .venv/bin/python benchmarks/real_model_claims.py                  # ~45 min of trials on one CPU thread
-    .venv/bin/python benchmarks/real_model_claims.py --readme README.md   # also rewrite the README's block
+    .venv/bin/python benchmarks/real_model_claims.py --readme docs/benchmarks.md   # also rewrite its block there
 
 (i)   A high learning rate with a low beta degrades the policy: the real-model grid of `detector_calibration.py`
       (beta {0.05, 0.5} x lr {1e-4 .. 1e-2}, short and long completions), degraded fraction (answers 0.2 below

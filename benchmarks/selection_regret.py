@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/selection_regret.py --quick          # tiny-llama, small grid: a check (~3 min)
     .venv/bin/python benchmarks/selection_regret.py --run synthetic  # run (or complete) one task's trials only
     .venv/bin/python benchmarks/selection_regret.py                  # every task; cached trials are not re-run
-    .venv/bin/python benchmarks/selection_regret.py --cached-only --readme README.md
+    .venv/bin/python benchmarks/selection_regret.py --cached-only --readme docs/sweeps.md
 
 Tasks (full grids, every trial run to the end, one grid per seed):
 - synthetic: tiny-llama on the bundled synthetic task (`trial_histories.BASE`), beta {0.01, 0.1, 0.5} x
@@ -250,7 +250,7 @@ def seed_text(row: dict[str, Any]) -> str:
 
 
 def render(result: dict[str, Any], seconds: float) -> tuple[str, str]:
-    """(regret block, calibration block) of the README."""
+    """(regret block, calibration block) of docs/sweeps.md."""
     names = list(result["regret"])
     shipped = result["shipped_kl_per_token"]
     lines = [(f"Selection rules run without the checker, scored by it (regret = the grid's best exact-answer rate - "

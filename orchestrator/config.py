@@ -114,7 +114,7 @@ class StorageSettings(StrictModel):
 # said in the recommendation. Who wins a tie: the neighbourhood average ("score"), or the cell closest to the
 # reference ("closest"). benchmarks/selection_regret.py measured "closest" no better on the synthetic task and worse
 # on the real one (regret 0.2 on a seed where pair accuracy on 32 pairs tied two cells whose answers were 0.475 and
-# 0.275), so the tie is stated and the score keeps the pick (README, "Choosing the trial").
+# 0.275), so the tie is stated and the score keeps the pick (docs/sweeps.md, "Choosing the trial").
 TIE_SE = 1.0
 TIE_BREAK = "score"
 
@@ -139,7 +139,7 @@ class SweepConfig(StrictModel):
     name: str = Field("dpo-sweep", pattern=r"^[A-Za-z0-9._-]+$", description="Sweep name (letters, digits, ._-).")
     trial: TrialSpec = Field(default_factory=TrialSpec, description="The base trial; swept keys override it.")
     search: SearchSettings = Field(default_factory=SearchSettings, description="What is searched, how, ranked by.")
-    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="Early stopping (ASHA).")
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="Early stopping: synchronous successive halving (the default), ASHA, or none (fifo).")
     resources: ResourceSettings = Field(default_factory=ResourceSettings, description="What each trial is given.")
     tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="MLflow.")
     storage: StorageSettings = Field(default_factory=StorageSettings, description="Where results are kept.")

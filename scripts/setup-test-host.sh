@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the slow integration tests need from the machine itself, installed once, outside any test body.
-#   scripts/setup-test-host.sh        # idempotent; run by scripts/test before the suite
+#   scripts/setup-test-host.sh        # idempotent; run by scripts/test before the suite when CI=true or --setup-host
 # It changes the host, so it says what it does, and does it only as root with apt-get:
 #   - apt-get install chromium                              (tests/test_mlflow_ui.py: the MLflow UI in a browser)
 #   - apt-get install openssh-server rsync netcat-openbsd   (tests/test_ray_up.py: `ray up` over SSH to 127.0.0.1)

@@ -185,3 +185,28 @@ def test_a_reward_function_makes_its_win_rate_the_default_metric_unless_the_yaml
     assert validate_sweep_config(reward).search.metric == "eval_win_rate_exact_answer"
     named = {**reward, "search": {"metric": "eval_rewards_accuracies"}}
     assert validate_sweep_config(named).search.metric == "eval_rewards_accuracies"
+
+
+def test_the_config_reference_page_is_current():
+    # docs/config.md is written from the pydantic fields; regenerate it when a field or default changes.
+    from pathlib import Path
+
+    from orchestrator.config_reference import render
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert page.read_text() == render(), "docs/config.md is out of date: run " \
+        "`.venv/bin/python -m orchestrator.config_reference > docs/config.md`"
+
+
+def test_the_readme_is_a_front_door_and_its_links_resolve():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    links = re.findall(r"\]\(([^)#]+)\)", readme)
+    assert links and all((root / link).exists() for link in links), [x for x in links if not (root / x).exists()]
+    for doc in (root / "docs").glob("*.md"):
+        for link in re.findall(r"\]\(([^)#:]+)\)", doc.read_text()):
+            assert (doc.parent / link).exists(), (doc.name, link)

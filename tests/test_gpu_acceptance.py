@@ -173,8 +173,8 @@ def test_what_the_driver_and_a_trial_import_is_carried_or_on_the_target():
 
 
 def test_the_readme_gpu_figures_are_the_rendering_of_the_committed_json():
-    # The README's GPU block is generated (`scripts/gpu-acceptance readme --from ...`), never edited by hand.
-    readme = (ROOT / "README.md").read_text()
+    # deploy/gpu/README.md's GPU block is generated (`scripts/gpu-acceptance readme --from ...`), never edited by hand.
+    readme = (ROOT / "deploy" / "gpu" / "README.md").read_text()
     block = readme.split("<!-- gpu_acceptance:begin -->\n", 1)[1].split("<!-- gpu_acceptance:end -->", 1)[0]
     source = block.split("the JSON it returned is `", 1)[1].split("`", 1)[0]
     report = json.loads((ROOT / source).read_text())

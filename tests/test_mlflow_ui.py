@@ -6,7 +6,7 @@ view (the interaction plot rendered as an image). Screenshots of both are kept f
     .venv/bin/pytest tests/test_mlflow_ui.py -m slow -q -s
     DPO_SWEEP_SCREENSHOTS=/tmp/shots .venv/bin/pytest tests/test_mlflow_ui.py -m slow -q -s
 
-Chromium comes from apt, installed by scripts/setup-test-host.sh (scripts/test runs it first);
+Chromium comes from apt, installed by scripts/setup-test-host.sh (scripts/test runs it first with CI=true or --setup-host);
 Playwright drives it through `executable_path`, so `playwright install` (a CDN download) is never needed.
 """
 
@@ -40,7 +40,7 @@ def chromium() -> str:
     """Debian's Chromium, installed by scripts/setup-test-host.sh (never by a test)."""
     found = shutil.which("chromium")
     if not found:
-        pytest.skip("no `chromium` on PATH: run scripts/setup-test-host.sh as root (or install Chromium)")
+        pytest.skip("no `chromium` on PATH: run ./scripts/test --setup-host as root (or install Chromium)")
     print(f"[chromium] using {found}", flush=True)
     return found
 

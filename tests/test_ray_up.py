@@ -1,7 +1,7 @@
 """The `ray submit` path for real: `ray up` with Ray's local provider over SSH to 127.0.0.1, `ray submit`
 of the shipped deploy/submit_sweep.py with a small sweep, the results checked, `ray down`.
 
-scripts/setup-test-host.sh (run by scripts/test) installs openssh-server, rsync and netcat and adds the
+scripts/setup-test-host.sh (run by scripts/test with CI=true or --setup-host) installs openssh-server, rsync and netcat and adds the
 account the test logs in as: uid 0 with a home of its own, so the login PATH that `ray submit`'s bare
 `python` needs reaches this venv without touching root's dotfiles. The test starts its own sshd on a free
 port of 127.0.0.1 (Ray has no SSH-port setting: `ssh_proxy_command: nc %h PORT`), writes its key and
@@ -47,7 +47,7 @@ def ssh_head():
         home = None
     if tools or home is None or os.geteuid() != 0:
         pytest.skip(f"needs root, {', '.join(tools) or 'the SSH tools'} and the {USER} account: run "
-                    "scripts/setup-test-host.sh as root")
+                    "./scripts/test --setup-host as root")
     base = Path(tempfile.mkdtemp(prefix="dpo-sshtest-"))
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "hostkey"))
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "id"))

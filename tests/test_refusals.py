@@ -1,5 +1,5 @@
 """Every input dpo-sweep refuses, refused the same way: exit code 2, a message naming the field, row or
-path and the fix, and no traceback. The README's table of refusals is generated from these cases
+path and the fix, and no traceback. The table of refusals in docs/refusals.md is generated from these cases
 (`python tests/test_refusals.py` prints it) and a test keeps the two in step. Every case sees the same
 machine (MACHINE: 8 cores, no GPU), so the table does not depend on the one that runs the tests.
 """
@@ -143,7 +143,7 @@ def table_row(what: str, argv: list[str], text: str) -> str:
     return f"| {what} | `dpo-sweep {shlex.join(argv)}` | {cell} |"
 
 
-# The machine every case is refused on, whatever runs the tests: the README table reads the same everywhere.
+# The machine every case is refused on, whatever runs the tests: the docs table reads the same everywhere.
 MACHINE = ClusterView(cpus=8, gpus=0)
 
 
@@ -180,14 +180,14 @@ def test_refused_with_a_message_and_no_traceback(index, results):
 
 
 def test_readme_lists_every_refusal_with_its_current_message(results):
-    readme = (ROOT / "README.md").read_text()
-    assert BEGIN in readme and END in readme, "README lacks the refusals table markers"
+    readme = (ROOT / "docs" / "refusals.md").read_text()
+    assert BEGIN in readme and END in readme, "docs/refusals.md lacks the refusals table markers"
     shown = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     assert shown == generate_table(results), (
-        "README's refusals table is out of date: regenerate it with `python tests/test_refusals.py`")
+        "docs/refusals.md's refusals table is out of date: regenerate it with `python tests/test_refusals.py`")
 
 
-if __name__ == "__main__":  # print the README table
+if __name__ == "__main__":  # print the docs/refusals.md table
     import tempfile
 
     sys.path.insert(0, str(ROOT))

@@ -130,12 +130,12 @@ def test_unknown_signal_is_refused():
 
 
 def test_the_default_is_the_health_rule_at_the_threshold_the_selection_benchmark_chose():
-    """README's health calibration block (written by benchmarks/selection_regret.py) names the shipped threshold;
+    """docs/sweeps.md's health calibration block (written by benchmarks/selection_regret.py) names the shipped threshold;
     the settings must say the same, and the health rule must be the default flag."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "sweeps.md").read_text()
     block = readme.split("<!-- health_calibration:begin -->", 1)[1].split("<!-- health_calibration:end -->", 1)[0]
     found = re.search(r"^Shipped default \(`trainables.config.HealthSettings`\): kl_per_token ([0-9.e+-]+),", block,
                       re.MULTILINE)

@@ -70,7 +70,7 @@ class ModelSettings(StrictModel):
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="dtype of the 4-bit matmuls and of non-quantized weights. 'auto': bfloat16 on a GPU "
                             "or CPU with native bf16 (CUDA Ampere+, AVX512-BF16/AMX), float16 on an older GPU, "
-                            "float32 on an older CPU (where emulated bf16 is several times slower; see README)."
+                            "float32 on an older CPU (where emulated bf16 is several times slower; see docs/real-model.md)."
     )
     double_quant: bool = Field(True, description="Quantize the 4-bit quantization constants too (saves ~0.4 bit/param).")
     hub_kernels: bool = Field(
@@ -213,7 +213,7 @@ HACKING_SIGNALS = (*SIGNALS, "reward_rise")  # reward_rise also reads the epoch 
 
 class HealthSettings(StrictModel):
     """The thresholds of the generations' health rule (`trainables.health`): a report is unhealthy when any is
-    exceeded. Calibrated across tasks by benchmarks/selection_regret.py (README, "Choosing the trial")."""
+    exceeded. Calibrated across tasks by benchmarks/selection_regret.py (docs/sweeps.md, "Choosing the trial")."""
 
     kl_per_token: float = Field(0.6, gt=0, description="Nats per token the policy's own sampled completions may "
                                 "be likelier under it than under the reference (sampled KL per token).")
@@ -234,7 +234,7 @@ class RewardHackingSettings(StrictModel):
     each catches and misses). Each signal's threshold is the field of its name. A flagged trial is never the
     sweet spot and is not promoted by halving or ASHA: the flag is the selection guard too. The default signal,
     `health`, reads the generations beside the reference's (`trainables.health`); its thresholds were calibrated
-    on one task and scored on another (benchmarks/selection_regret.py, README "Choosing the trial").
+    on one task and scored on another (benchmarks/selection_regret.py, docs/sweeps.md, "Choosing the trial").
     """
 
     enabled: bool = Field(True, description="Watch trials for reward hacking at every report.")

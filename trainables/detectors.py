@@ -26,7 +26,7 @@ The older signals read TRL's summed log-probs or reward metrics against their ow
     train_up_eval_down   train reward margin up while held-out pair accuracy fell more than t
     reward_rise          the practitioner's rule: a held-out reward metric up more than t (relative) in an epoch
 
-`benchmarks/detector_calibration.py` scores all of them on two tasks; the README has its table.
+`benchmarks/detector_calibration.py` scores all of them on two tasks; docs/benchmarks.md has its table.
 
     python -c "from trainables.detectors import chosen_displacement; \\
 print(chosen_displacement([{'eval_chosen_logratio_per_token': -0.1}, {'eval_chosen_logratio_per_token': -0.9}], 0.5))"

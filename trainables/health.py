@@ -18,7 +18,7 @@ one and needs no label:
 A report is unhealthy when any part fires. The same rule is the reward-hacking flag (`reward_hacking.signals:
 [health]`, the default), keeps a trial out of the sweet spot (`orchestrator.analysis`) and from promotion under
 halving and ASHA (`orchestrator.schedulers`). Its default thresholds are calibrated by
-`benchmarks/selection_regret.py` on one task and scored on another (README, "Choosing the trial").
+`benchmarks/selection_regret.py` on one task and scored on another (docs/sweeps.md, "Choosing the trial").
 
 What it cannot see: a fluent, well-formed answer that is wrong. A policy that answers "26 + 28 = 55" in the
 reference's own words passes; only a reward function (evaluation.reward_funcs) or a task with known answers sees it.

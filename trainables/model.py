@@ -166,7 +166,7 @@ def load_base_model(settings: ModelSettings, cache_dir: str | None = None, devic
         device_map={"": device.index if device.type == "cuda" else "cpu"},
         trust_remote_code=settings.trust_remote_code,
         # transformers >= 5.2x kernelizes by default when `kernels` (its own requirement) is installed: on CUDA
-        # that fetches kernels from the hub, which failed the first GPU run offline (README, "On a GPU").
+        # that fetches kernels from the hub, which failed the first GPU run offline (deploy/gpu/README.md).
         use_kernels=settings.hub_kernels,
     )
     keep_4bit_weights_trainable(model)

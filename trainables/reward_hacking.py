@@ -11,7 +11,7 @@ answers with the reference model's answers, measured before the first step (`ref
 report). So a policy that collapsed before its first report is flagged at that report.
 
 Which signal is the default, and why, is measured by `benchmarks/detector_calibration.py` on two tasks
-(README, "Reward hacking"). The practitioner's rule (`reward_rise`: a held-out reward metric up more
+(docs/sweeps.md, "Reward hacking"). The practitioner's rule (`reward_rise`: a held-out reward metric up more
 than 10% within an epoch) is available, not the default; its relative change is in every report either
 way (`reward_hack_rel_change`), as context. Its first epoch's window starts at the first report, not
 before training: a fresh adapter is the identity, where every reward metric is 0, so a relative change

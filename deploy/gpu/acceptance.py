@@ -4,7 +4,7 @@
     scripts/gpu-acceptance                     # every step, JSON to gpu-acceptance.json ($OUT/ when set)
     scripts/gpu-acceptance --steps packing oom # some steps
     scripts/gpu-acceptance --dry-run           # the CPU rehearsal CI runs: tiny-llama, k = 1 and 2; JSON on stdout
-    scripts/gpu-acceptance readme --from benchmarks/results/gpu-acceptance-<date>.json  # README's GPU figures
+    scripts/gpu-acceptance readme --from benchmarks/results/gpu-acceptance-<date>.json  # deploy/gpu/README.md's GPU figures
 
 Steps (each timed; one failing is reported with its reason and the rest still run):
   check      CUDA is there; every package the acceptance imports loads, and the requirements of the carried
@@ -96,7 +96,7 @@ def install(wheels: Path = WHEELS, site: Path = SITE, pip_args: list[str] | None
     groups = sorted((p for p in wheels.glob("*/group.json")), key=lambda p: int(p.parent.name))
     if not groups:
         sys.exit(f"gpu-acceptance install: no wheel group under {wheels}; run scripts/gpu-wheels here and carry "
-                 "one group a call (README, 'On a GPU')")
+                 "one group a call (deploy/gpu/README.md)")
     for gfile in groups:
         g = json.loads(gfile.read_text())
         if str(g["group"]) in done:
@@ -513,7 +513,7 @@ def step_oom(ctx: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------- README
 
 def figures_markdown(report: dict, source: str) -> str:
-    """The README's GPU figures from one run's JSON (`source`: where that JSON is kept)."""
+    """deploy/gpu/README.md's GPU figures from one run's JSON (`source`: where that JSON is kept)."""
     m, steps = report["machine"], report["steps"]
     when = f" on {report['date']}" if "date" in report else ""
     lines = [(f"Measured{when} by `scripts/gpu-acceptance` on {m['gpu']} ({m['cpus']} CPU cores, torch {m['torch']}, "
@@ -582,7 +582,7 @@ def main() -> None:
                                  epilog=__doc__[__doc__.index("\n"):])
     ap.add_argument("action", nargs="?", choices=["run", "install", "readme"], default="run",
                     help="'install': the carried wheel groups into .gpu-site/; 'run' (default): the steps; "
-                         "'readme': rewrite README.md's GPU figures from --from JSON")
+                         "'readme': rewrite deploy/gpu/README.md's GPU figures from --from JSON")
     ap.add_argument("--from", dest="from_json", type=Path, help="readme: the JSON a GPU run returned")
     ap.add_argument("--dry-run", action="store_true", help="the CPU rehearsal: tiny-llama, k = 1 and 2, JSON on stdout")
     ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="which steps (default: all)")
@@ -596,7 +596,7 @@ def main() -> None:
     if args.action == "readme":
         if not args.from_json:
             ap.error("readme needs --from JSON (the file a GPU run returned, kept under benchmarks/results/)")
-        write_readme(args.from_json, ROOT / "README.md")
+        write_readme(args.from_json, ROOT / "deploy" / "gpu" / "README.md")
         return
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     from trainables.cache import cache_root

@@ -261,7 +261,7 @@ def main() -> None:
                           for e in g["files"])
         print(f"group {g['group']}: {g['bytes'] / MIB:5.1f} MiB  {len(g['files'])} files  {names}")
     print(f"[gpu-wheels] {len(groups)} group(s) under {args.out}; carry one a call: "
-          f"run(carry=['.whl/1'], command='scripts/gpu-acceptance install') ... (README, 'On a GPU')", file=sys.stderr)
+          f"run(carry=['.whl/1'], command='scripts/gpu-acceptance install') ... (deploy/gpu/README.md)", file=sys.stderr)
 
 
 if __name__ == "__main__":
