@@ -176,7 +176,8 @@ def sweet_spot_trial(grid: list[dict[str, Any]], th: HealthSettings | None, tie_
     """The index of the trial in the analysis' sweet-spot cell (`orchestrator.analysis.choose_sweet_spot`, the
     product's own choice: the guard, flagged neighbours as cliffs, near ties to the closest to the reference);
     None when nothing is eligible."""
-    from orchestrator.analysis import choose_sweet_spot, left_out
+    from orchestrator.analysis import choose_sweet_spot
+    from orchestrator.eligibility import left_out
     from orchestrator.records import results_table
 
     table = results_table(records_of(grid, th), metric, "max")

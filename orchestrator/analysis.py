@@ -22,7 +22,8 @@ import pandas as pd
 from orchestrator import plots, stats
 from orchestrator.config import TIE_BREAK, TIE_SE
 from orchestrator.costs import SweepCost
-from orchestrator.records import COMPLETED, DIVERGED, FAILED, OUT_OF_MEMORY, TrialRecord, results_table
+from orchestrator.eligibility import drifted, left_out
+from orchestrator.records import COMPLETED, DIVERGED, OUT_OF_MEMORY, TrialRecord, results_table
 from orchestrator.stats import value_text
 
 
@@ -94,30 +95,6 @@ class SweepAnalysis:
                  self.cost.describe() if self.cost else "",
                  f"Figures computed in {self.compute}." if self.compute else ""]
         return "\n".join(line for line in lines if line)
-
-def drifted(table: pd.DataFrame, max_abs_logratio: float | None) -> pd.Series:
-    """Trials whose policy ended further than `max_abs_logratio` nats from the reference."""
-    if max_abs_logratio is None or "eval_abs_logratio" not in table:
-        return pd.Series(False, index=table.index)
-    return table["eval_abs_logratio"] > max_abs_logratio
-
-
-def left_out(table: pd.DataFrame, max_abs_logratio: float | None) -> pd.Series:
-    """Why each trial may not be the sweet spot ('' where it may): it failed or diverged, it was flagged (the
-    reward-hacking flag, by default the generations' health rule: the same rule halving and ASHA promote by), or
-    it drifted beyond analysis.max_abs_logratio."""
-    why = pd.Series("", index=table.index, dtype=object)
-    if not len(table):
-        return why
-    flagged = table["reward_hacking"] != ""
-    detail = table["reward_hacking_detail"] if "reward_hacking_detail" in table else pd.Series("", index=table.index)
-    why[flagged] = ("flagged by " + table["reward_hacking"] + (": " + detail).where(detail != "", ""))[flagged]
-    if max_abs_logratio is not None:
-        why[drifted(table, max_abs_logratio)] = f"more than {max_abs_logratio:g} nats from the reference"
-    why[table["status"].isin((FAILED, OUT_OF_MEMORY))] = table["status"].str.replace("_", " ")
-    why[table["status"] == DIVERGED] = "diverged"
-    return why
-
 
 def pick_best(table: pd.DataFrame, metric: str, mode: str, max_abs_logratio: float | None = None) -> dict | None:
     """The best eligible trial by its last value, among those that ran to the end while any did: the trial
@@ -262,8 +239,11 @@ def choose_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[s
 
 def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
             max_abs_logratio: float | None = None, cost: SweepCost | None = None,
-            tie_se: float = TIE_SE, tie_break: str = TIE_BREAK) -> SweepAnalysis:
-    """Trials are compared at a common budget (`common_budget`): every eligible trial's values at the last
+            tie_se: float = TIE_SE, tie_break: str = TIE_BREAK, swept: list[str] | None = None) -> SweepAnalysis:
+    """`swept`: the space's canonical keys (the sweep state's), which are the knobs; without them (a sweep from
+    before they were recorded) the knobs are the table's varying columns that are not known results.
+
+    Trials are compared at a common budget (`common_budget`): every eligible trial's values at the last
     report they all reached, so a trial that ran to the end is never weighed against stopped trials' earlier
     values. The best single trial (whose adapter to take) is still chosen by its last value."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -278,7 +258,7 @@ def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
     table_path = out_dir / "results.csv"
     table.to_csv(table_path, index=False)
 
-    knobs = stats.swept_knobs(table, metric) if len(table) else []
+    knobs = stats.swept_knobs(table, metric, swept) if len(table) else []
     x, line = plots.axes_keys(knobs)
     anova = stats.two_way_anova(table, metric, a=line, b=x) if x and line else None
     spot = (choose_sweet_spot(table, metric, mode, knobs, why, budget is not None, tie_se, tie_break) if knobs

@@ -23,6 +23,7 @@ from orchestrator.config import SweepConfig
 from search_spaces import SPACES, candidate_values, grid_size, space_from_yaml
 from trainables.config import (
     ConfigError,
+    canonical_params,
     closest_param_key,
     resolve_param_key,
     spec_with_params,
@@ -77,6 +78,18 @@ def resolve_space(cfg: SweepConfig) -> tuple[dict[str, Any], list[str]]:
             return {}, [f"search.space: unknown named space {space!r}{hint} (named: {', '.join(SPACES)})"]
         return SPACES[space](), []
     return space_from_yaml(space), []
+
+
+def colliding_keys(space: dict[str, Any]) -> list[str]:
+    """Two keys of one space that set the same field ('beta' and 'dpo.beta'): which would win is anyone's guess,
+    so neither does. After preflight every key goes by its canonical name (`canonical_param_key`)."""
+    by_field: dict[str, list[str]] = {}
+    for key in space:
+        path = resolve_param_key(key)
+        if path is not None:
+            by_field.setdefault(path, []).append(key)
+    return [f"search.space: {' and '.join(repr(k) for k in keys)} both set {path}; keep one of them"
+            for path, keys in by_field.items() if len(keys) > 1]
 
 
 def check_space(cfg: SweepConfig, space: dict[str, Any]) -> list[str]:
@@ -318,6 +331,7 @@ def run_preflight(cfg: SweepConfig, view: ClusterView | None = None, log=print) 
     `view`: where the trials will run (`orchestrator.cluster`); this machine when None."""
     view = view or cluster.local_view()
     space, problems = resolve_space(cfg)
+    problems += colliding_keys(space)
     problems += check_space(cfg, space)
     space_ok = not problems
     uri = cfg.tracking_uri
@@ -341,7 +355,7 @@ def run_preflight(cfg: SweepConfig, view: ClusterView | None = None, log=print) 
     if problems:
         raise PreflightError(problems)
     n = grid_size(space) * cfg.search.num_samples if cfg.search.algorithm == "grid" else cfg.search.num_samples
-    space, num_samples, seed_notes = seeds_for_repeats(cfg, space)
+    space, num_samples, seed_notes = seeds_for_repeats(cfg, canonical_params(space))
     if data.dropped:
         notes.append(f"{data.dropped_text()}; every trial trains on the {len(data.train)} rows left")
     return Preflight(param_space=space, num_trials=n, tracking_uri=uri, train_rows=len(data.train),

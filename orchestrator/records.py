@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from trainables.config import TrialSpec, spec_with_params
+from trainables.config import canonical_params, trial_spec
 
 COMPLETED, STOPPED, FAILED, STOPPED_HACKING = "completed", "stopped_early", "failed", "stopped_reward_hacking"
 DIVERGED, OUT_OF_MEMORY = "diverged", "out_of_memory"
@@ -142,7 +142,7 @@ def unique_steps(history: pd.DataFrame) -> pd.DataFrame:
 
 
 def expected_reports(base_spec: dict[str, Any], params: dict[str, Any]) -> int:
-    spec = TrialSpec.model_validate(spec_with_params(base_spec, params))
+    spec = trial_spec(base_spec, params)
     return spec.dpo.reports_per_epoch * spec.dpo.num_train_epochs
 
 
@@ -180,7 +180,7 @@ def records_from_results(grid, base_spec: dict[str, Any], metric: str, mode: str
     records = []
     for result in grid:
         df = _history(result)
-        params = dict(result.config or {})
+        params = canonical_params(dict(result.config or {}))  # sweeps from before keys were made canonical
         best = None
         scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
         if scored:

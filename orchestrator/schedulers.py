@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 from orchestrator.config import SchedulerSettings
+from orchestrator.eligibility import eligible
 
 
 def halving_rungs(num_trials: int, grace_period: int, max_t: int, eta: float) -> list[tuple[int, int]]:
@@ -29,17 +30,6 @@ def halving_rungs(num_trials: int, grace_period: int, max_t: int, eta: float) ->
         n, r = math.ceil(n / eta), min(int(r * eta), max_t)
     rungs.append((r, n))
     return rungs
-
-
-def eligible(result: dict, metric: str, max_abs_logratio: float | None) -> bool:
-    """Whether a trial may be promoted at a rung: a finite metric, no reward-hacking flag (by default the
-    generations' health rule, trainables.health) and no further from the reference than
-    analysis.max_abs_logratio - the rules by which the analysis leaves a trial out of the sweet spot."""
-    value = result.get(metric)
-    if value is None or not math.isfinite(value) or result.get("reward_hack_flag"):
-        return False
-    drift = result.get("eval_abs_logratio")
-    return max_abs_logratio is None or drift is None or drift <= max_abs_logratio
 
 
 def sync_halving(num_trials: int, grace_period: int, max_t: int, eta: float, max_running: int | None = None,

@@ -81,6 +81,7 @@ class SweepState:
     config: dict[str, Any]
     gpu_per_trial: float = 0.0  # as preflight resolved it ('auto' -> 1/k): each trial's share of a GPU
     reference: dict[str, Any] | None = None  # the shared reference: {key, seconds, computed}, once prepared
+    swept: list[str] | None = None  # the space's keys as preflight made them canonical (None: an older sweep)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

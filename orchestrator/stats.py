@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator.records import COMPLETED, DIVERGED, FAILED, not_knobs
+from orchestrator.eligibility import NOT_TRAINED
+from orchestrator.records import COMPLETED, DIVERGED, not_knobs
 
 FULL_ANOVA = "two-way ANOVA"  # Type II sums of squares, with interaction; needs replicates
 TUKEY = "Tukey one-df test"  # one trial per cell: Tukey's test for non-additivity
 ADDITIVE = "additive two-way ANOVA"  # one trial per cell and missing cells: main effects only
-LEFT_OUT = (FAILED, DIVERGED)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -60,13 +60,13 @@ def _where(values: dict[str, Any]) -> str:
 
 
 def usable(table: pd.DataFrame, column: str) -> tuple[pd.DataFrame, int]:
-    """Rows with a finite `column` that neither failed nor diverged, and how many rows were left out."""
+    """Rows with a finite `column` of trials that trained (`eligibility.NOT_TRAINED`), and how many were left out."""
     if column not in table:
         return table.iloc[:0], len(table)
     values = pd.to_numeric(table[column], errors="coerce")
     keep = np.isfinite(values)
     if "status" in table:
-        keep &= ~table["status"].isin(LEFT_OUT)
+        keep &= ~table["status"].isin(NOT_TRAINED)
     rows = table[keep].copy()
     rows[column] = values[keep].astype(float)
     return rows, int(len(table) - len(rows))
@@ -86,8 +86,11 @@ def _better(mode: str) -> int:
     return 1 if mode == "max" else -1
 
 
-def swept_knobs(table: pd.DataFrame, metric: str) -> list[str]:
-    """The columns of a results table that are knobs with more than one value (seed columns are replicates)."""
+def swept_knobs(table: pd.DataFrame, metric: str, swept: list[str] | None = None) -> list[str]:
+    """The knobs of a results table with more than one value (seed columns are replicates): the swept keys
+    when known, else the columns that are not known results."""
+    if swept is not None:
+        return [k for k in swept if k in table.columns and not is_seed(k) and table[k].nunique() > 1]
     skip = not_knobs(metric)
     return [c for c in table.columns
             if c not in skip and not is_seed(c) and not c.startswith("best_") and table[c].nunique() > 1]
@@ -118,7 +121,7 @@ class AnovaResult:
     terms: dict[str, AnovaTerm] = field(default_factory=dict)  # keys: a, b, and f"{a} x {b}"
     df_error: float | None = None
     n_used: int = 0
-    n_left_out: int = 0  # failed, diverged, or no finite metric
+    n_left_out: int = 0  # failed, out of memory, diverged, or no finite metric
     replicates: tuple[int, int] = (0, 0)  # fewest and most trials in a cell
     reason: str | None = None  # why not estimated (method None), or why the interaction was not testable
 
@@ -128,7 +131,7 @@ class AnovaResult:
 
     def describe(self) -> str:
         a, b = _words(self.a), _words(self.b)
-        left = f"; {self.n_left_out} trial(s) left out (failed, diverged or no {self.metric})" if self.n_left_out else ""
+        left = f"; {self.n_left_out} trial(s) left out (failed, out of memory, diverged or no {self.metric})" if self.n_left_out else ""
         if self.method is None:
             return f"{a} x {b} interaction: not estimated — {self.reason}{left}"
         lo, hi = self.replicates

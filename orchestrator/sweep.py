@@ -62,7 +62,7 @@ def build_analysis(cfg: SweepConfig, state: SweepState, grid) -> tuple[list[Tria
     cost = sweep_cost(records, cfg.resources.cpu_per_trial, state.gpu_per_trial, reference_seconds=ref.get("seconds"),
                       reference_reused=not ref.get("computed", True))
     analysis = analyze(records, cfg.search.metric, cfg.search.mode, out, max_abs_logratio=cfg.analysis.max_abs_logratio,
-                       cost=cost, tie_se=cfg.analysis.tie_se, tie_break=cfg.analysis.tie_break)
+                       cost=cost, tie_se=cfg.analysis.tie_se, tie_break=cfg.analysis.tie_break, swept=state.swept)
     (out / SWEEP_FILE).write_text(state.to_json())  # a copy of the state file, with the analysis
     analysis.reports = list(write_report(analysis, out, f"dpo-sweep: {state.name}", {
         "Ray results": state.experiment_path, "MLflow": f"{state.tracking_uri}, experiment {cfg.experiment!r}, "
@@ -260,7 +260,7 @@ def _start_sweep(cfg: SweepConfig, pre: Preflight, client) -> SweepState:
         client.set_tag(parent, "dpo_sweep.dropped_rows", ", ".join(f"{k} {v}" for k, v in pre.dropped_rows.items()))
     state = SweepState(name=name, experiment_path=experiment_path, tracking_uri=redact_uri(pre.tracking_uri),
                        experiment_id=experiment_id, parent_run_id=parent, config=public,
-                       gpu_per_trial=pre.gpu_per_trial)
+                       gpu_per_trial=pre.gpu_per_trial, swept=list(pre.param_space))
     state.save()
     return state
 

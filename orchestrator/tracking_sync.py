@@ -22,7 +22,7 @@ import pandas as pd
 
 from orchestrator.analysis import SweepAnalysis
 from orchestrator.records import COMPLETED, DIVERGED, FAILED, OUT_OF_MEMORY, TrialRecord
-from trainables.config import TrialSpec, spec_with_params
+from trainables.config import trial_spec
 from trainables.tracking import (
     EXPERIMENT_KIND_TAG,
     KIND_TAG,
@@ -97,7 +97,7 @@ def sync_trial_runs(client, experiment_id: str, parent_run_id: str, records: lis
         run = runs.get(rec.trial_id)
         if run is None:
             counts.runs_created += 1
-            spec = TrialSpec.model_validate(spec_with_params(base_spec, rec.params)).model_dump(mode="json")
+            spec = trial_spec(base_spec, rec.params).model_dump(mode="json")
             last = rec.history.iloc[-1] if len(rec.history) else {}
             params, tags = trial_run_fields(spec, rec.params, node=last.get("node_id"),
                                             pid=int(last["pid"]) if "pid" in last else None)

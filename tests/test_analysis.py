@@ -214,3 +214,44 @@ def test_a_flag_raised_after_the_first_report_keeps_its_signal_when_progress_csv
     assert list(history["step"]) == [8, 16, 24]
     rec = TrialRecord(trial_id="t", params={}, history=history, expected_reports=4)
     assert rec.flag_signal == "health" and rec.flag_detail == "kl 1.1/tok"
+
+
+def test_an_out_of_memory_trial_that_reported_is_left_out_everywhere(tmp_path):
+    # It reported a high value before running out of memory: that value says nothing about the knobs, so it
+    # is never the best trial or the sweet spot, and never feeds the ANOVA, the sensitivity or the means.
+    from orchestrator import stats
+    from orchestrator.eligibility import NOT_TRAINED, left_out
+    from orchestrator.records import OUT_OF_MEMORY
+
+    recs = [record("a", 0.1, 1e-4, [0.6, 0.7]), record("b", 0.5, 1e-4, [0.62, 0.66]),
+            record("c", 0.1, 1e-3, [0.65, 0.7]), record("d", 0.5, 1e-3, [0.99, 0.99])]
+    recs[3].error = "TrialOutOfMemory at step 3: per_device_train_batch_size=16 ..."
+    assert recs[3].status == OUT_OF_MEMORY in NOT_TRAINED
+    a = analyze(recs, "eval_rewards_accuracies", "max", tmp_path)
+    assert a.best["trial"] != "d"
+    assert (a.sweet_spot.values["beta"], a.sweet_spot.values["learning_rate"]) != (0.5, 1e-3)
+    assert left_out(a.table, None)[a.table["trial"] == "d"].item() == "out of memory"
+    rows, dropped = stats.usable(a.table, "eval_rewards_accuracies")
+    assert "d" not in set(rows["trial"]) and dropped == 1
+    assert a.anova is None or a.anova.n_left_out == 1
+    assert "out of memory" in a.summary
+    assert [s for s in a.sensitivity if s[0] == "learning_rate"]  # computed on the three that trained
+
+
+def test_the_swept_keys_are_the_knobs_and_aliases_of_one_field_are_refused(tmp_path):
+    from orchestrator.config import SweepConfig
+    from orchestrator.preflight import colliding_keys
+    from trainables.config import canonical_param_key, canonical_params
+
+    assert canonical_param_key("dpo.beta") == canonical_param_key("beta") == "beta"
+    assert canonical_param_key("lora.r") == "lora.r" and canonical_param_key("nonsense") is None
+    assert canonical_params({"dpo.learning_rate": 1e-4, "lora.r": 8}) == {"learning_rate": 1e-4, "lora.r": 8}
+    problems = colliding_keys(SweepConfig.model_validate(
+        {"search": {"space": {"beta": {"grid": [0.1, 0.2]}, "dpo.beta": {"grid": [0.3]}}}}).search.space)
+    assert problems == ["search.space: 'beta' and 'dpo.beta' both set dpo.beta; keep one of them"]
+    # With the swept keys known, a varying column that is not one of them is never taken for a knob.
+    recs = [record("a", 0.1, 1e-4, [0.6]), record("b", 0.5, 1e-4, [0.7])]
+    recs[1].params["lora.dropout"] = 0.1  # e.g. a column from an older trial's config
+    recs[0].params["lora.dropout"] = 0.0
+    a = analyze(recs, "eval_rewards_accuracies", "max", tmp_path, swept=["beta", "learning_rate"])
+    assert a.knobs == ["beta"]

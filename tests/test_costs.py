@@ -45,7 +45,8 @@ def test_gpu_hours_count_each_packed_trials_share_and_the_shared_reference_is_ac
 
 
 def test_halving_promotes_only_what_the_analysis_could_pick():
-    from orchestrator.schedulers import eligible, halving_rungs
+    from orchestrator.eligibility import eligible
+    from orchestrator.schedulers import halving_rungs
 
     m = "eval_rewards_accuracies"
     assert eligible({m: 0.9, "eval_abs_logratio": 0.3}, m, 1.4)

@@ -48,8 +48,15 @@ def test_inline_space_kinds(sweep):
     space = {"beta": {"grid": [0.05, 0.1]}, "learning_rate": {"loguniform": [1e-5, 1e-3]},
              "num_train_epochs": {"choice": [1, 2]}, "label_smoothing": {"uniform": [0.0, 0.2]}, "dpo.seed": 3}
     pre = run_preflight(sweep(search={"space": space, "algorithm": "random", "num_samples": 3}), log=None)
-    assert pre.param_space["beta"] == {"grid_search": [0.05, 0.1]} and pre.param_space["dpo.seed"] == 3
+    # Keys leave preflight canonical: a DPO knob by its short name, whichever way the YAML spelled it.
+    assert pre.param_space["beta"] == {"grid_search": [0.05, 0.1]} and pre.param_space["seed"] == 3
+    assert "dpo.seed" not in pre.param_space
     assert pre.max_reports == 4 * 2
+
+
+def test_two_keys_for_one_field_are_refused(sweep):
+    text = refusals(sweep(search={"space": {"beta": {"grid": [0.1]}, "dpo.beta": {"grid": [0.2]}}}))
+    assert "search.space: 'beta' and 'dpo.beta' both set dpo.beta; keep one of them" in text
 
 
 def refusals(cfg, cluster=None):
@@ -175,7 +182,7 @@ def test_grid_repeats_become_seeds_so_they_are_real_replicates(sweep):
     assert pre.num_trials == 6 and any("repeats run with seed 0, 1, 2" in n for n in pre.notes)
     # A space that varies the seed itself, or sampled search, is left alone.
     pre = run_preflight(sweep(search={"space": {**space, "dpo.seed": {"grid": [7, 8]}}, "num_samples": 2}), log=None)
-    assert "seed" not in pre.param_space and pre.num_samples == 2
+    assert pre.param_space["seed"] == {"grid_search": [7, 8]} and pre.num_samples == 2  # the user's own axis
 
 
 def test_a_sweep_says_and_records_how_many_rows_drop_invalid_dropped(sweep, tmp_path):

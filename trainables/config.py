@@ -502,9 +502,30 @@ def closest_param_key(key: str) -> str | None:
     return _closest(key, param_keys(), cutoff=0.6)
 
 
+def canonical_param_key(key: str) -> str | None:
+    """The one name a swept key goes by everywhere after preflight (Ray's configs, the results table, the
+    plots, MLflow): a DPO knob by its short name ('dpo.beta' -> 'beta'), any other field by its dotted path
+    ('lora.r'); unknown -> None."""
+    path = resolve_param_key(key)
+    if path is None:
+        return None
+    return path.removeprefix("dpo.") if path.startswith("dpo.") else path
+
+
+def canonical_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Swept values under their canonical keys (a key that names no field is kept as it is)."""
+    return {(canonical_param_key(k) or k): v for k, v in params.items()}
+
+
 def spec_with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The base trial config with each swept key set (keys as in the search space)."""
     out = dict(base)
     for key, value in params.items():
         out = set_path(out, (resolve_param_key(key) or key).split("."), value)
     return out
+
+
+def trial_spec(base: dict[str, Any], params: dict[str, Any], **fields: Any) -> TrialSpec:
+    """The one place a trial's spec is built: the sweep's base trial config, the trial's swept values, and any
+    top-level fields set (output_dir)."""
+    return TrialSpec.model_validate({**spec_with_params(base, params), **fields})

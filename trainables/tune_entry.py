@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainables.config import TrialSpec, spec_with_params
+from trainables.config import TrialSpec, trial_spec
 from trainables.generation import TABLE_FILE
 from trainables.timing import PhaseClock
 from trainables.tracking import FLAG_TAG, TrialRunLogger, open_trial_run, trial_run_fields
@@ -37,7 +37,7 @@ class SweepContext:
 
 
 def trial_spec_for(context: SweepContext, params: dict[str, Any], output_dir: str) -> TrialSpec:
-    return TrialSpec.model_validate({**spec_with_params(context.base_spec, params), "output_dir": output_dir})
+    return trial_spec(context.base_spec, params, output_dir=output_dir)
 
 
 _IMPORTED_AT = time.time()  # when the worker process had imported this module
