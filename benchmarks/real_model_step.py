@@ -35,7 +35,7 @@ import trl.trainer.utils as trl_utils
 
 from benchmarks.step_time import StepTimer
 from orchestrator.prepare import build_shared_reference
-from trainables import trainer as sweep_trainer
+from trainables import trl_patches
 from trainables.config import TrialSpec
 from trainables.model import resolve_compute_dtype, resolve_model_path
 from trainables.trainer import build_trainer
@@ -61,8 +61,8 @@ def make_spec(model: dict, args, out: str, cache: str) -> TrialSpec:
 
 
 def one_run(spec: TrialSpec, shared: str | None, full_lm_head: bool) -> dict:
-    trl_utils._use_triton = sweep_trainer._trl_use_triton if full_lm_head else \
-        sweep_trainer._project_labelled_positions_only
+    trl_utils._use_triton = trl_patches.original_use_triton if full_lm_head else \
+        trl_patches.project_labelled_positions_only
     try:
         t0 = time.perf_counter()
         trainer, _, _ = build_trainer(spec, lambda m, c: None, log=lambda *_: None, shared_reference=shared)
@@ -71,7 +71,7 @@ def one_run(spec: TrialSpec, shared: str | None, full_lm_head: bool) -> dict:
         trainer.add_callback(timer)
         trainer.train()
     finally:
-        trl_utils._use_triton = sweep_trainer._project_labelled_positions_only
+        trl_utils._use_triton = trl_patches.project_labelled_positions_only
     return {"s_per_step": statistics.median(timer.durations[1:]), "setup_s": setup_s, "steps": len(timer.durations)}
 
 

@@ -20,11 +20,14 @@ from typing import Any
 import pandas as pd
 
 from orchestrator import plots, stats
+from orchestrator.anova import AnovaResult, sensitivity, two_way_anova
 from orchestrator.config import TIE_BREAK, TIE_SE
 from orchestrator.costs import SweepCost
 from orchestrator.eligibility import drifted, left_out
+from orchestrator.recommendation import recommendation
 from orchestrator.records import COMPLETED, DIVERGED, OUT_OF_MEMORY, TrialRecord, results_table
 from orchestrator.stats import value_text
+from orchestrator.sweet_spot import SweetSpot, robust_sweet_spot
 
 
 @dataclass
@@ -34,9 +37,9 @@ class SweepAnalysis:
     mode: str
     best: dict[str, Any] | None  # the best single trial (its adapter is the one to take)
     knobs: list[str] = field(default_factory=list)  # swept knobs (seeds are replicates, not knobs)
-    sweet_spot: stats.SweetSpot | None = None  # the best region, not the luckiest cell
+    sweet_spot: SweetSpot | None = None  # the best region, not the luckiest cell
     budget: Budget | None = None  # the common budget the trials are compared at
-    anova: stats.AnovaResult | None = None  # the metric on beta x learning_rate (or the two knobs swept)
+    anova: AnovaResult | None = None  # the metric on beta x learning_rate (or the two knobs swept)
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     recommendation: str = ""
     findings: list[str] = field(default_factory=list)  # diverged, out of memory, drifted, flagged trials
@@ -57,7 +60,7 @@ class SweepAnalysis:
     def trials_line(self) -> str:
         return f"{len(self.table)} trials: " + ", ".join(f"{n} {s}" for s, n in self.counts.items())
 
-    def _where(self, row: dict[str, Any]) -> str:
+    def where_text(self, row: dict[str, Any]) -> str:
         return ", ".join(f"{k}={value_text(row[k])}" for k in self.knobs)
 
     @property
@@ -68,7 +71,7 @@ class SweepAnalysis:
             return (f"Sweet spot: {', '.join(f'{k}={value_text(v)}' for k, v in spot.values.items())} -> {m} "
                     f"{spot.mean:.4f} (neighbourhood average {spot.score:.4f}, {spot.n} trial(s) in the cell{at})")
         if best:
-            where = f"{self._where(best)} -> " if self.knobs else ""
+            where = f"{self.where_text(best)} -> " if self.knobs else ""
             return f"Sweet spot: {where}{m} {best[m]:.4f} (trial {best['trial']})"
         return f"No trial reported {m}: no sweet spot."
 
@@ -77,7 +80,7 @@ class SweepAnalysis:
         """The best single trial, when the sweet spot is a cell (else the sweet spot line names it)."""
         if not (self.best and self.sweet_spot):
             return ""
-        return (f"Best single trial: {self._where(self.best)} -> {self.metric} {self.best[self.metric]:.4f} "
+        return (f"Best single trial: {self.where_text(self.best)} -> {self.metric} {self.best[self.metric]:.4f} "
                 f"(trial {self.best['trial']}; its adapter is the run's best_adapter)")
 
     @property
@@ -203,7 +206,7 @@ def guard_sentence(table: pd.DataFrame, knobs: list[str]) -> str:
     if not len(out):
         return "Every trial passed the guard (no flag, no divergence)." if len(table) else ""
     named = knobs or ["trial"]
-    items = [f"{', '.join(f'{stats._words(k)} {value_text(row[k])}' for k in named)} ({row['left_out']})"
+    items = [f"{', '.join(f'{stats.words(k)} {value_text(row[k])}' for k in named)} ({row['left_out']})"
              for _, row in out.iterrows()]
     return f"Left out of the choice ({len(out)} of {len(table)}): " + "; ".join(items) + "."
 
@@ -228,11 +231,11 @@ def closeness_column(table: pd.DataFrame) -> str | None:
 
 
 def choose_sweet_spot(table: pd.DataFrame, metric: str, mode: str, knobs: list[str], why: pd.Series,
-                      same_budget: bool, tie_se: float, tie_break: str = TIE_BREAK) -> stats.SweetSpot | None:
+                      same_budget: bool, tie_se: float, tie_break: str = TIE_BREAK) -> SweetSpot | None:
     """The analysis' choice, in one place (the benchmark of selection rules calls it too): eligible cells only,
     flagged trials as cliffs beside their neighbours, near ties to the cell closest to the reference."""
     flagged = table["reward_hacking"] != "" if "reward_hacking" in table else None
-    return stats.robust_sweet_spot(table, metric, mode, knobs, exclude=why != "", same_budget=same_budget,
+    return robust_sweet_spot(table, metric, mode, knobs, exclude=why != "", same_budget=same_budget,
                                    cliffs=flagged, noise_n=noise_count(table, metric), tie_se=tie_se, tie_break=tie_break,
                                    closeness=closeness_column(table))
 
@@ -260,18 +263,18 @@ def analyze(records: list[TrialRecord], metric: str, mode: str, out_dir: Path,
 
     knobs = stats.swept_knobs(table, metric, swept) if len(table) else []
     x, line = plots.axes_keys(knobs)
-    anova = stats.two_way_anova(table, metric, a=line, b=x) if x and line else None
+    anova = two_way_anova(table, metric, a=line, b=x) if x and line else None
     spot = (choose_sweet_spot(table, metric, mode, knobs, why, budget is not None, tie_se, tie_break) if knobs
             else None)
     advice = " ".join(part for part in (
         f"Trials {budget.describe}." if budget and knobs else "",
-        stats.recommendation(table, metric, mode, knobs, spot, anova) if knobs else "",
+        recommendation(table, metric, mode, knobs, spot, anova) if knobs else "",
         guard_sentence(table, knobs) if knobs else "") if part)
     # Where the plots put the sweet spot: the chosen cell at its mean, else the best trial.
     marked = {**spot.values, metric: spot.mean} if spot else best
     return SweepAnalysis(
         table=table, metric=metric, mode=mode, best=best, knobs=knobs, sweet_spot=spot, anova=anova, budget=budget,
-        sensitivity=stats.sensitivity(table, metric, knobs) if knobs else [], recommendation=advice,
+        sensitivity=sensitivity(table, metric, knobs) if knobs else [], recommendation=advice,
         findings=findings(table, sorted({k for r in records for k in r.params}), max_abs_logratio), cost=cost,
         plots=plots.draw_all(records, table, knobs, metric, marked, anova, out_dir), table_path=table_path,
         completions=completion_examples(records, table, best) if len(table) else [],

@@ -110,7 +110,7 @@ class StorageSettings(StrictModel):
         return v if "://" in v else str(Path(v).expanduser().resolve())
 
 
-# Near ties (`stats.robust_sweet_spot`): cells within this many binomial standard errors of the chosen one are a tie,
+# Near ties (`orchestrator.sweet_spot.robust_sweet_spot`): cells within this many binomial standard errors of the chosen one are a tie,
 # said in the recommendation. Who wins a tie: the neighbourhood average ("score"), or the cell closest to the
 # reference ("closest"). benchmarks/selection_regret.py measured "closest" no better on the synthetic task and worse
 # on the real one (regret 0.2 on a seed where pair accuracy on 32 pairs tied two cells whose answers were 0.475 and

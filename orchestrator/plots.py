@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from orchestrator.anova import AnovaResult
 from orchestrator.records import COMPLETED, TrialRecord
-from orchestrator.stats import AnovaResult, p_text, sorted_levels, usable, value_text
+from orchestrator.stats import p_text, sorted_levels, usable, value_text
 
 
 def log_like(values: pd.Series) -> bool:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from test_stats import METRIC, grid, interacting
 
-from orchestrator import plots, stats
+from orchestrator import anova, plots
 from orchestrator.analysis import analyze
 from orchestrator.records import TrialRecord
 
@@ -64,7 +64,7 @@ def test_main_effects_and_interaction_means_show_error_bars_per_knob_value():
     assert [ax.get_xscale() for ax in fig.axes] == ["log", "log"]  # beta 0.05-0.5 spans a decade too
     narrow = plots.figure_main_effects(t.assign(beta=t["beta"].map({0.05: 0.1, 0.1: 0.2, 0.5: 0.3})), METRIC, KNOBS)
     assert [ax.get_xscale() for ax in narrow.axes] == ["linear", "log"]
-    (ax,) = plots.figure_interaction_means(t, METRIC, "beta", "learning_rate", stats.two_way_anova(t, METRIC)).axes
+    (ax,) = plots.figure_interaction_means(t, METRIC, "beta", "learning_rate", anova.two_way_anova(t, METRIC)).axes
     assert ax.get_xlabel() == "learning_rate" and ax.get_xscale() == "log" and ax.get_ylabel() == METRIC
     assert "interaction p" in ax.get_title() and len(ax.get_legend().get_texts()) == 3
 

@@ -129,7 +129,7 @@ def test_no_named_space_proposes_a_learning_rate_outside_the_lora_range():
 def test_lm_head_projects_only_completion_tokens_on_cpu_and_log_probs_are_unchanged(make_spec):
     import trl.trainer.utils as trl_utils
 
-    from trainables import trainer as sweep_trainer
+    from trainables import trl_patches
     from trainables.trainer import build_trainer
 
     spec = make_spec(model={"compute_dtype": "float32"})
@@ -145,11 +145,11 @@ def test_lm_head_projects_only_completion_tokens_on_cpu_and_log_probs_are_unchan
                          fused_lm_head=True).log_probs
 
     try:
-        compact = per_token(sweep_trainer._project_labelled_positions_only)
-        full = per_token(sweep_trainer._trl_use_triton)
+        compact = per_token(trl_patches.project_labelled_positions_only)
+        full = per_token(trl_patches.original_use_triton)
     finally:
-        trl_utils._use_triton = sweep_trainer._project_labelled_positions_only
-    assert sweep_trainer._project_labelled_positions_only(torch.device("cpu"))
+        trl_utils._use_triton = trl_patches.project_labelled_positions_only
+    assert trl_patches.project_labelled_positions_only(torch.device("cpu"))
     assert torch.allclose(compact, full, atol=1e-5) and compact.abs().sum() > 0
 
 

@@ -12,13 +12,8 @@ evaluates, saves and reports at fixed steps. `build_trainer` sets all of it up a
    with `precompute_ref_log_probs`, recomputes the reference log-probs (its cache is keyed by the
    in-memory dataset, so nothing is shared between trials). Datasets that already carry token ids
    and reference log-probs (see `trainables.reference`) skip both.
-3. On a CPU the LM head scores completion tokens only. TRL 1.16's fused LM head projects only the
-   positions that carry a label on Triton devices, but every position elsewhere (so that tile
-   shapes stay fixed for compilers such as Neuron's). On a CPU nothing is compiled, and with a
-   chat template most positions are prompt: SmolLM2's template puts ~40 tokens before an ~10-token
-   short answer, so 4 of every 5 rows of the 49152-wide projection, forward and backward, were
-   thrown away (the profile had that projection at 24% of a step). Which positions are projected
-   is the only change: the per-token log-probs are the same (tests/test_real_model_inputs.py).
+3. On a CPU the LM head scores completion tokens only: `trainables.trl_patches` (imported here), the one
+   change this project makes to TRL itself, process-wide.
 """
 
 from __future__ import annotations
@@ -30,7 +25,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import trl.trainer.utils as trl_utils
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
@@ -38,19 +32,12 @@ from trainables.config import ConfigError, TrialSpec
 from trainables.detectors import REFERENCE_PREFIX
 from trainables.metrics import Report, clean_metric_name
 from trainables.timing import PhaseClock
+from trainables.trl_patches import apply as apply_trl_patches
+
+apply_trl_patches()
 
 STATE_FILE = "dpo_sweep_state.json"  # beside each checkpoint: what the trial needs to resume its own bookkeeping
 
-_trl_use_triton = trl_utils._use_triton
-
-
-def _project_labelled_positions_only(device) -> bool:
-    # Read by TRL's fused LM head as "project only labelled positions"; the kernel module keeps its own
-    # reference to the original, so the CPU still folds tiles with torch ops.
-    return device.type == "cpu" or _trl_use_triton(device)
-
-
-trl_utils._use_triton = _project_labelled_positions_only
 
 TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
