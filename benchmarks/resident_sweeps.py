@@ -9,6 +9,10 @@ fresh directory (new Ray, new MLflow database, the shared reference computed aga
 warm, the way a user's second sweep goes. Round k runs old-new for every config when k is odd and new-old
 when even, so drift of a shared machine falls on both.
 
+`--merge earlier.json` adds an earlier invocation's runs (same base) before the medians are taken, so rounds
+can be added later; `--table FILE` renders the JSON as the Markdown table of docs/benchmarks.md's
+`resident_sweeps` block and writes it there (`--from results.json` renders without running anything).
+
 Per run: wall seconds; Ray's trial-seconds (`time_total_s` at each trial's last report, the same clock on
 both paths: the worker's start is outside it); the optimizer-step seconds (`time_steps_s`) and their share of
 Ray's trial-seconds; the new path's own trial clock (`time_trial_s`, which counts the worker's start and
@@ -121,9 +125,24 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["demo", "smollm2"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--merge", default=None, help="an earlier run's JSON whose runs are added before the medians")
+    ap.add_argument("--from", dest="from_json", default=None, help="render --table from this JSON; run nothing")
+    ap.add_argument("--table", default=None, help="a Markdown file whose resident_sweeps block is rewritten")
     args = ap.parse_args()
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        write_table(result, args.table)
+        return
     old_tree = str(worktree(args.base))
     runs: dict[str, dict[str, list[dict]]] = {c: {"old": [], "new": []} for c in args.configs}
+    answers: dict[str, list[dict]] = {c: [] for c in args.configs}
+    if args.merge:
+        earlier = json.loads(Path(args.merge).read_text())["summary"]
+        for config, summary in earlier.items():
+            runs.setdefault(config, {"old": [], "new": []})
+            for variant in ("old", "new"):
+                runs[config][variant] += summary["runs"][variant]
+            answers.setdefault(config, []).extend(summary["answers"])
     for k in range(args.rounds):
         for config in args.configs:
             order = ("old", "new") if k % 2 == 0 else ("new", "old")
@@ -142,7 +161,8 @@ def main() -> None:
             "median": med,
             "wall_ratio_new_over_old": round(med["new"]["wall_s"] / med["old"]["wall_s"], 3),
             "ray_trial_seconds_ratio": round(med["new"]["ray_trial_seconds"] / med["old"]["ray_trial_seconds"], 3),
-            "answers": [same_answers(o, n) for o, n in zip(by["old"], by["new"])],
+            "answers": answers.get(config, []) + [same_answers(o, n) for o, n in zip(by["old"], by["new"])
+                                                  if "reports" in o and "reports" in n],
             "runs": {v: [{k: x for k, x in r.items() if k != "reports"} for r in rs] for v, rs in by.items()},
         }
     result = {"benchmark": "resident_sweeps", "base": args.base, "cpus": os.cpu_count(), "rounds": args.rounds,
@@ -151,6 +171,37 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)
+    if args.table:
+        write_table(result, args.table)
+
+
+def write_table(result: dict, path: str | None) -> None:
+    lines = [(f"Measured by `benchmarks/resident_sweeps.py` on {result['date']}, {result['cpus']} CPUs, old path = commit "
+             f"`{result['base']}`, new = this checkout; medians of {result['rounds']} interleaved round(s) per path."), "",
+             ("| sweep | path | wall s | Ray trial-s | step s | training share (Ray clock) | training share (own clock) |"
+             " model loads |"), "|---|---|---|---|---|---|---|---|"]
+    for config, summary in result["summary"].items():
+        for variant in ("old", "new"):
+            m = summary["median"][variant]
+            loads = statistics.median(r["model_loads"] for r in summary["runs"][variant])
+            lines.append(f"| {config} | {variant} | {m['wall_s']:.0f} | {m['ray_trial_seconds']:.0f} | "
+                         f"{m['steps_seconds']:.0f} | {m['training_share_ray']:.0%} | {m['training_share_own']:.0%} | "
+                         f"{loads:g} |")
+    lines.append("")
+    for config, summary in result["summary"].items():
+        same = summary["answers"]
+        identical = [a["identical_trials"] for a in same]
+        spots = sum(a["same_sweet_spot"] for a in same)
+        lines.append(f"- {config}: new / old wall {summary['wall_ratio_new_over_old']:.2f}x, Ray trial-seconds "
+                     f"{summary['ray_trial_seconds_ratio']:.2f}x; same sweet spot in {spots} of {len(same)} round(s); "
+                     f"trials identical to the last digit per round: {identical}.")
+    text = "\n".join(lines)
+    print(text)
+    if path:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from readme_block import replace_readme_block
+
+        replace_readme_block(Path(path), "resident_sweeps", text)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def cache_key(full_config: dict[str, Any]) -> str:
 
 def to_trial_raw(full_config: dict[str, Any], output_dir: str, cache_dir: str) -> dict[str, Any]:
     """Flat dotted overrides -> the nested raw dict TrialSpec validates."""
-    from trainables.config import set_path
+    from trainables.config_io import set_path
 
     raw: dict[str, Any] = {"output_dir": output_dir, "cache_dir": cache_dir, "save_total_limit": 1}
     for key, value in full_config.items():
@@ -103,7 +103,7 @@ def load_cache(path: Path) -> dict[str, dict[str, Any]]:
 
 def run_one(full_config: dict[str, Any], cache_dir: str) -> list[dict[str, Any]]:
     """Train one trial; the list of its reports' metrics."""
-    from trainables.config import validate_trial_spec
+    from trainables.config_io import validate_trial_spec
     from trainables.trial import run_trial
 
     history: list[dict[str, Any]] = []
@@ -166,7 +166,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(DEFAULT_OUT), help=f"results dir (default {DEFAULT_OUT})")
     ap.add_argument("--quick", action="store_true", help="a quarter of the data (a check that it works)")
     args = ap.parse_args()
-    from trainables.config import parse_override
+    from trainables.config_io import parse_override
 
     config = {}
     for text in args.set:

@@ -28,7 +28,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from trainables.config import ConfigError, InputError, load_trial_spec
+from trainables.config import ConfigError, InputError
+from trainables.config_io import load_trial_spec
 from trainables.tracking import CREDENTIAL_VARS, redact_uri
 from trainables.trial import TrialOutOfMemory
 

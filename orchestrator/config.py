@@ -23,14 +23,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, NonNegativeFloat, Tag, ValidationError, field_validator, model_validator
 
 from search_spaces.inline import Domain
-from trainables.config import (
-    ConfigError,
-    StrictModel,
-    TrialSpec,
-    apply_overrides,
-    format_validation_error,
-    read_yaml,
-)
+from trainables.config import ConfigError, StrictModel, TrialSpec
+from trainables.config_io import apply_overrides, format_validation_error, read_yaml
 from trainables.metrics import PRIMARY_METRIC, default_metric
 
 # A named space or an inline one, told apart by type (tags start with '~': left out of error locations).

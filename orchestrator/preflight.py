@@ -21,15 +21,10 @@ from orchestrator import cluster
 from orchestrator.cluster import ClusterView
 from orchestrator.config import SweepConfig
 from search_spaces import SPACES, candidate_values, grid_size, space_from_yaml
-from trainables.config import (
-    ConfigError,
-    canonical_params,
-    closest_param_key,
-    resolve_param_key,
-    spec_with_params,
-    validate_trial_spec,
-)
+from trainables.config import ConfigError
+from trainables.config_io import validate_trial_spec
 from trainables.metrics import reported_metrics
+from trainables.params import canonical_params, closest_param_key, resolve_param_key, spec_with_params
 from trainables.tracking import is_local_uri
 
 GIB = 1024**3

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from orchestrator.config import SweepConfig
 from trainables.cache import built_atomically
-from trainables.config import TrialSpec, resolve_param_key
+from trainables.config import TrialSpec
+from trainables.params import resolve_param_key
 from trainables.reference import META, SharedReference, read_shared, reference_key, reference_key_parts
 
 # Trial fields whose change changes token ids or reference log-probs: sweeping one of them means

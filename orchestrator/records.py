@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from trainables.config import canonical_params, trial_spec
+from trainables.params import canonical_params, trial_spec
 
 COMPLETED, STOPPED, FAILED, STOPPED_HACKING = "completed", "stopped_early", "failed", "stopped_reward_hacking"
 DIVERGED, OUT_OF_MEMORY = "diverged", "out_of_memory"

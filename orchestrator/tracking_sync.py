@@ -22,7 +22,7 @@ import pandas as pd
 
 from orchestrator.analysis import SweepAnalysis
 from orchestrator.records import COMPLETED, DIVERGED, FAILED, OUT_OF_MEMORY, TrialRecord
-from trainables.config import trial_spec
+from trainables.params import trial_spec
 from trainables.tracking import (
     EXPERIMENT_KIND_TAG,
     KIND_TAG,

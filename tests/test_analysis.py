@@ -241,7 +241,7 @@ def test_an_out_of_memory_trial_that_reported_is_left_out_everywhere(tmp_path):
 def test_the_swept_keys_are_the_knobs_and_aliases_of_one_field_are_refused(tmp_path):
     from orchestrator.config import SweepConfig
     from orchestrator.preflight import colliding_keys
-    from trainables.config import canonical_param_key, canonical_params
+    from trainables.params import canonical_param_key, canonical_params
 
     assert canonical_param_key("dpo.beta") == canonical_param_key("beta") == "beta"
     assert canonical_param_key("lora.r") == "lora.r" and canonical_param_key("nonsense") is None

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from orchestrator.cli import shipped_config
-from trainables.config import ConfigError, TrialSpec, apply_overrides, load_trial_spec, validate_trial_spec
+from trainables.config import ConfigError, TrialSpec
+from trainables.config_io import apply_overrides, load_trial_spec, validate_trial_spec
 from trainables.trainer import loss_settings
 
 

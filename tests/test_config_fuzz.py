@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.config import load_sweep_config
-from trainables.config import ConfigError, load_trial_spec
+from trainables.config import ConfigError
+from trainables.config_io import load_trial_spec
 
 KEYS = ["trial", "dpo", "beta", "learning_rate", "model", "data", "lora", "r", "search", "space", "grid",
         "resources", "gpu_per_trial", "label_smoothing", "loss_type", "synthetic", "name", "storage", "x"]

@@ -36,7 +36,7 @@ def shipped_configs():
 @pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: p.name)
 def test_every_shipped_yaml_validates(path, model_cache, tmp_path):
     if path.name == "demo-trial.yaml":  # the one trial config; the rest are sweeps
-        from trainables.config import load_trial_spec
+        from trainables.config_io import load_trial_spec
 
         load_trial_spec(path, [f"cache_dir={model_cache}"])
     else:

@@ -16,7 +16,8 @@ import trainables.model as model_mod
 from search_spaces import SPACES, candidate_values
 from search_spaces.named import LORA_LEARNING_RATE_RANGE
 from trainables.arithmetic import make_task, score_answer
-from trainables.config import ArithmeticSettings, ConfigError, validate_trial_spec
+from trainables.config import ArithmeticSettings, ConfigError
+from trainables.config_io import validate_trial_spec
 from trainables.gguf_models import gguf_problems
 
 

@@ -126,5 +126,38 @@ def ensure_tiny_llama(cache_dir: str | Path | None = None, seed: int = 0, log=pr
     return target
 
 
+# Tiny random models of other architectures, for the tests that every common one trains (tests/test_architectures.py):
+# each family's own config class, the quirk that sets it apart kept (Qwen2's q/k/v biases, Phi-3's fused qkv and
+# gate_up projections, Gemma 2's soft-capping and head_dim, Mistral's sliding window), the tiny-llama tokenizer.
+ARCHITECTURES = {
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"num_key_value_heads": 2, "tie_word_embeddings": True}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"num_key_value_heads": 2, "sliding_window": 32}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"num_key_value_heads": 2, "head_dim": 16,
+                                                     "query_pre_attn_scalar": 16}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"num_key_value_heads": 4}),
+}
+
+
+def ensure_tiny_architecture(arch: str, cache_dir: str | Path | None = None, seed: int = 0) -> Path:
+    """A cached save_pretrained directory of a tiny random model of `arch` (a key of ARCHITECTURES)."""
+    import transformers
+
+    config_name, model_name, extra = ARCHITECTURES[arch]
+    root = Path(cache_dir) if cache_dir else cache_root()
+    target = root / f"tiny-{arch}-v{RECIPE_VERSION}-seed{seed}"
+    if (target / "config.json").is_file():
+        return target
+    with built_atomically(target, lambda t: (t / "config.json").is_file()) as tmp:
+        tokenizer = build_tokenizer()
+        config = getattr(transformers, config_name)(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **extra)
+        torch.manual_seed(seed)
+        getattr(transformers, model_name)(config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
 if __name__ == "__main__":
     print(ensure_tiny_llama())

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainables.config import TrialSpec, trial_spec
+from trainables.config import TrialSpec
 from trainables.generation import TABLE_FILE
+from trainables.params import trial_spec
 from trainables.timing import PhaseClock
 from trainables.tracking import FLAG_TAG, TrialRunLogger, open_trial_run, trial_run_fields
 
