@@ -280,3 +280,50 @@ def test_mlflow_server_outage_and_a_nan_trial_lose_nothing(model_cache, tmp_path
     assert second.returncode == 0 and "already had every step" in second.stdout
     figures.append(f"sync-mlflow into an empty store: {len(rebuilt)} runs and {expected} metric points rebuilt from "
                    "Ray's results; a second sync added nothing")
+
+
+def _outcome(experiment: Path) -> tuple[dict[str, str], str]:
+    """({trial's params: status}, the sweet-spot line) from a finished sweep's analysis."""
+    with open(experiment / "analysis" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    statuses = {f"beta={r['beta']},lr={r['learning_rate']}": r["status"] for r in rows}
+    summary = (experiment / "analysis" / "report.md").read_text()
+    spot = next(line for line in summary.splitlines() if "Sweet spot" in line)
+    return statuses, spot
+
+
+def test_a_driver_killed_under_halving_resumes_to_the_same_stopped_set_and_sweet_spot(model_cache, tmp_path):
+    space = {"beta": {"grid": [0.1, 0.5]}, "learning_rate": {"grid": [5e-4, 5e-3]}}
+    halving = {"scheduler": {"kind": "halving", "grace_period": 1, "reduction_factor": 2},
+               "trial": {"dpo": {"num_train_epochs": 1}}}
+    whole = write_sweep(tmp_path / "whole.yaml", model_cache, tmp_path / "whole", "halvwhole", space, **halving)
+    done = run_cli("run", str(whole))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    expected = _outcome(next((tmp_path / "whole").glob("halvwhole-*")))
+    assert "stopped_early" in expected[0].values()  # halving did stop trials: there is something to compare
+
+    storage = tmp_path / "cut"
+    sweep = write_sweep(tmp_path / "cut.yaml", model_cache, storage, "halvcut", space, **halving)
+    proc = subprocess.Popen([str(BIN / "dpo-sweep"), "run", str(sweep)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    family: set[psutil.Process] = set()
+
+    def past_the_first_rung() -> bool:  # a promoted trial has reported beyond rung 1
+        family.update(descendants(proc.pid))
+        return any(n >= 2 for n in sqlite_steps_by_run(storage / "mlflow.db").values())
+
+    try:
+        if wait_until(past_the_first_rung, proc, 400):
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        for p in family:
+            if p.is_running():
+                kill_tree(p.pid)
+    assert proc.returncode == -signal.SIGKILL, "the sweep ended before the driver could be killed"
+    experiment = next(storage.glob("halvcut-*"))
+    resumed = run_cli("resume", str(experiment))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    statuses, spot = _outcome(experiment)
+    assert statuses == expected[0]
+    assert spot == expected[1]
