@@ -13,8 +13,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# In the order a trial meets them. worker_start (the worker process's start up to loading the trial's code)
-# and imports (torch, transformers, TRL, ...) are paid by the first trial a worker runs; Ray reuses workers.
+# In the order a trial meets them. worker_start (a fresh worker loading the trial's entry module: torch, MLflow)
+# and imports (transformers, TRL, peft, bitsandbytes) are paid by the first trial a worker runs; Ray reuses
+# workers. The interpreter's and Ray's own start before them is not counted (Ray starts workers ahead, idle).
 PHASES = ("worker_start", "imports", "model_load", "data", "trainer_init", "reference", "checkpoint_restore", "steps", "evaluation", "probes",
           "generation", "checkpoint_save", "report")
 PREFIX = "time_"
