@@ -16,8 +16,8 @@ from contextlib import contextmanager
 # In the order a trial meets them. worker_start (a fresh worker loading the trial's entry module: torch, MLflow)
 # and imports (transformers, TRL, peft, bitsandbytes) are paid by the first trial a worker runs; Ray reuses
 # workers. The interpreter's and Ray's own start before them is not counted (Ray starts workers ahead, idle).
-PHASES = ("worker_start", "imports", "model_load", "data", "trainer_init", "reference", "checkpoint_restore", "steps", "evaluation", "probes",
-          "generation", "checkpoint_save", "report")
+PHASES = ("worker_start", "imports", "model_load", "data", "trainer_init", "reference", "checkpoint_restore", "steps",
+          "evaluation", "divergence", "probes", "generation", "checkpoint_save", "report")
 PREFIX = "time_"
 
 

@@ -267,7 +267,8 @@ class ReportCallback(TrainerCallback):
         if self.probes:
             m.update(self.probe(model))
         if eval_dataloader is not None:
-            m.update(reference_divergence(model, eval_dataloader))
+            with self.clock.phase("divergence"):  # a second policy pass over the held-out pairs
+                m.update(reference_divergence(model, eval_dataloader))
             m["eval_pairs"] = len(eval_dataloader.dataset)  # the resolution of the held-out rates: 1 / eval_pairs
         if self.generation is not None:
             self.ensure_generation_reference(model, state.global_step)  # an evaluation before any training
