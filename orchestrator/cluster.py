@@ -46,12 +46,6 @@ def joined_view() -> ClusterView:
                        nodes=sum(1 for n in ray.nodes() if n.get("Alive")))
 
 
-# A paused trial (halving) ends its function by handing the resident base model back clean and flushing its MLflow
-# queue (trainables.resident, trainables.tracking); Ray waits this long for that before it gives the worker up,
-# and the resident model with it (its default, 2 s, lost one worker in three at a smollm2 rung here).
-WORKER_DEFAULTS = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "20"}
-
-
 def start_ray(address: str | None, env: dict[str, str] | None = None) -> bool:
     """Join `address` or start a local Ray; True when this process started (and must stop) it.
     `env` reaches every worker through the runtime env (trials on other nodes do not inherit the
@@ -60,8 +54,9 @@ def start_ray(address: str | None, env: dict[str, str] | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    common = {"log_to_driver": False, "logging_level": logging.WARNING,
-              "runtime_env": {"env_vars": {**WORKER_DEFAULTS, **(env or {})}}}
+    common = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if env:
+        common["runtime_env"] = {"env_vars": dict(env)}
     if address:
         ray.init(address=address, **common)
         return False
