@@ -50,6 +50,11 @@ _first_trial_in_process = True
 
 def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
     global _first_trial_in_process
+    import torch
+
+    # Ray sets OMP_NUM_THREADS from the trial's CPUs; torch must agree (before TRL and friends load), or two
+    # 2-thread trials on 2 cores spin against each other (seen here: 16x slower).
+    torch.set_num_threads(max(1, int(context.cpu_per_trial)))
     clock = PhaseClock()
     if _first_trial_in_process:  # a reused worker (reuse_actors) pays its start-up once, for its first trial
         _first_trial_in_process = False
@@ -58,14 +63,10 @@ def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
         with clock.phase("imports"):  # torch, transformers, TRL, peft, bitsandbytes
             import trainables.trainer  # noqa: F401
     import ray
-    import torch
     from ray import tune
 
     from trainables.trial import run_trial
 
-    # Ray sets OMP_NUM_THREADS from the trial's CPUs; torch must agree, or two 2-thread trials on
-    # 2 cores spin against each other (seen here: 16x slower).
-    torch.set_num_threads(max(1, int(context.cpu_per_trial)))
     ctx = tune.get_context()
     trial_dir = Path(ctx.get_trial_dir())
     spec = trial_spec_for(context, params, str(trial_dir / "hf"))
