@@ -199,6 +199,8 @@ def write_table(result: dict, path: str | None) -> None:
         lines.append(f"- {config}: new / old wall {summary['wall_ratio_new_over_old']:.2f}x, Ray trial-seconds "
                      f"{summary['ray_trial_seconds_ratio']:.2f}x; same sweet spot in {spots} of {len(same)} round(s); "
                      f"trials identical to the last digit per round: {identical}.")
+    if result.get("notes"):
+        lines.append(f"- {result['notes']}")
     text = "\n".join(lines)
     print(text)
     if path:
