@@ -27,6 +27,9 @@ def fresh_worker():
     resident.drop()
 
 
+SMALL = {"synthetic": {"num_train": 128, "num_eval": 32, "num_probe": 8}}  # 8 steps, a report every 2
+
+
 def _run(spec, resident_model: bool, resume_from=None):
     out = []
     run_trial(spec, lambda m, c: out.append((m, c)), log=quiet, resident=resident_model, resume_from=resume_from)
@@ -57,11 +60,11 @@ def _same_adapter(ckpt_a, ckpt_b):
 
 
 def test_a_fresh_adapter_on_the_resident_model_matches_a_fresh_load_bit_for_bit(make_spec):
-    fresh = _run(make_spec("fresh"), resident_model=False)
+    fresh = _run(make_spec("fresh", data=SMALL), resident_model=False)
 
-    _run(make_spec("other", dpo={"beta": 0.5, "learning_rate": 5e-3}), resident_model=True)  # the worker's 1st
+    _run(make_spec("other", data=SMALL, dpo={"beta": 0.5, "learning_rate": 5e-3}), resident_model=True)  # its 1st
     assert resident.loads == 1
-    reused = _run(make_spec("reused"), resident_model=True)
+    reused = _run(make_spec("reused", data=SMALL), resident_model=True)
     assert resident.loads == 1  # the same model settings: not loaded again
     _same_reports(fresh, reused)
     _same_adapter(fresh[-1][1], reused[-1][1])
@@ -79,13 +82,13 @@ def test_a_resumed_trial_in_the_same_worker_reports_what_a_reloaded_one_does(mak
         if len(first) == 2:
             raise Pause  # as halving pauses a trial at a rung
 
-    spec = make_spec("paused")
+    spec = make_spec("paused", data=SMALL)
     with pytest.raises(Pause):
         run_trial(spec, pause_after_two, log=quiet, resident=True)
     ckpt = shutil.copytree(first[-1][1], tmp_path / "kept")  # Ray keeps it in the sweep's storage
     assert not resident.leftovers(resident._resident.model)  # handed back clean even though the trial raised
 
-    _run(make_spec("between", dpo={"beta": 0.01}), resident_model=True)  # another trial uses the worker meanwhile
+    _run(make_spec("between", data=SMALL, dpo={"beta": 0.01}), resident_model=True)  # another trial uses the worker meanwhile
     in_worker = _run(spec, resident_model=True, resume_from=str(ckpt))
     assert resident.loads == 1
     resident.drop()
@@ -136,17 +139,17 @@ def test_memory_does_not_grow_over_ten_trials_in_one_worker(make_spec, monkeypat
 
 
 def test_other_model_settings_load_again(make_spec):
-    _run(make_spec("a", model={"compute_dtype": "float32"}), resident_model=True)
+    _run(make_spec("a", data=SMALL, model={"compute_dtype": "float32"}), resident_model=True)
     model = resident._resident.model
-    _run(make_spec("b", model={"compute_dtype": "float32"}), resident_model=True)
+    _run(make_spec("b", data=SMALL, model={"compute_dtype": "float32"}), resident_model=True)
     assert resident.loads == 1 and resident._resident.model is model
-    _run(make_spec("c", model={"compute_dtype": "bfloat16"}), resident_model=True)
+    _run(make_spec("c", data=SMALL, model={"compute_dtype": "bfloat16"}), resident_model=True)
     assert resident.loads == 2 and resident._resident.model is not model
     assert resident._resident.model.dtype == torch.bfloat16
 
 
 def test_a_model_that_does_not_come_back_clean_is_dropped(make_spec):
-    _run(make_spec("a"), resident_model=True)
+    _run(make_spec("a", data=SMALL), resident_model=True)
     model = resident._resident.model
     model.model.embed_tokens.weight.requires_grad_(True)  # as if a trial had trained a base weight
     assert resident.leftovers(model)
