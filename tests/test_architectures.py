@@ -45,7 +45,6 @@ def test_all_linear_targets_the_layers_a_user_expects(arch, make_spec, model_cac
         assert q.base_layer.bias is not None and not q.base_layer.bias.requires_grad
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("compute_dtype", ["auto", "bfloat16"])
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_an_nf4_lora_dpo_trial_trains(arch, compute_dtype, make_spec, model_cache):
