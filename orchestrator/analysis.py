@@ -60,7 +60,7 @@ class SweepAnalysis:
     def trials_line(self) -> str:
         return f"{len(self.table)} trials: " + ", ".join(f"{n} {s}" for s, n in self.counts.items())
 
-    def where_text(self, row: dict[str, Any]) -> str:
+    def _where(self, row: dict[str, Any]) -> str:
         return ", ".join(f"{k}={value_text(row[k])}" for k in self.knobs)
 
     @property
@@ -71,7 +71,7 @@ class SweepAnalysis:
             return (f"Sweet spot: {', '.join(f'{k}={value_text(v)}' for k, v in spot.values.items())} -> {m} "
                     f"{spot.mean:.4f} (neighbourhood average {spot.score:.4f}, {spot.n} trial(s) in the cell{at})")
         if best:
-            where = f"{self.where_text(best)} -> " if self.knobs else ""
+            where = f"{self._where(best)} -> " if self.knobs else ""
             return f"Sweet spot: {where}{m} {best[m]:.4f} (trial {best['trial']})"
         return f"No trial reported {m}: no sweet spot."
 
@@ -80,7 +80,7 @@ class SweepAnalysis:
         """The best single trial, when the sweet spot is a cell (else the sweet spot line names it)."""
         if not (self.best and self.sweet_spot):
             return ""
-        return (f"Best single trial: {self.where_text(self.best)} -> {self.metric} {self.best[self.metric]:.4f} "
+        return (f"Best single trial: {self._where(self.best)} -> {self.metric} {self.best[self.metric]:.4f} "
                 f"(trial {self.best['trial']}; its adapter is the run's best_adapter)")
 
     @property

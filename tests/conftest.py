@@ -141,6 +141,23 @@ def make_spec(model_cache, tmp_path):
     return make
 
 
+class Interrupted(Exception):
+    """Raised by the report callback of `interrupt_after`: a trial cut off mid-run (a crash, a halving pause)."""
+
+
+def interrupt_after(n: int):
+    """(reports, report): a report callback that records each (metrics, checkpoint) and raises Interrupted at
+    the n-th report, once its checkpoint exists."""
+    reports: list = []
+
+    def report(metrics, checkpoint):
+        reports.append((metrics, checkpoint))
+        if len(reports) == n:
+            raise Interrupted
+
+    return reports, report
+
+
 FIGURES = pytest.StashKey[list]()
 
 

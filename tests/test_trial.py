@@ -10,6 +10,7 @@ import bitsandbytes as bnb
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import Interrupted, interrupt_after
 from safetensors.torch import load_file
 
 from trainables.model import load_base_model
@@ -84,18 +85,9 @@ def test_resume_from_checkpoint_continues_and_matches_an_uninterrupted_run(make_
     full = []
     run_trial(make_spec("full"), lambda m, c: full.append((m, c)), log=quiet)
 
-    class Crash(Exception):
-        pass
-
-    first = []
-
-    def crash_after_two_reports(m, c):
-        first.append((m, c))
-        if len(first) == 2:
-            raise Crash
-
+    first, crash_after_two_reports = interrupt_after(2)
     spec = make_spec("interrupted")
-    with pytest.raises(Crash):
+    with pytest.raises(Interrupted):
         run_trial(spec, crash_after_two_reports, log=quiet)
     k, ckpt = first[-1][0]["step"], first[-1][1]
 

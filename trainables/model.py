@@ -152,11 +152,12 @@ def load_tokenizer(path: str, settings: ModelSettings):
 
 
 def load_base_model(settings: ModelSettings, cache_dir: str | None = None, device: torch.device | None = None,
-                    log=print):
-    """(model, tokenizer): the frozen base model on `device`, quantized as `settings` say."""
+                    log=print, path: str | None = None):
+    """(model, tokenizer): the frozen base model on `device`, quantized as `settings` say. `path`: what
+    `resolve_model_path` already returned for `settings`, when the caller has it (a GGUF file is hashed there)."""
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model_path(settings, cache_dir, log=log)
+    path = path or resolve_model_path(settings, cache_dir, log=log)
     device = device or trial_device()
     model = AutoModelForCausalLM.from_pretrained(
         path,

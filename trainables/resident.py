@@ -53,13 +53,14 @@ def acquire(settings: ModelSettings, cache_dir: str | None, device, log=print) -
     global _resident, loads
     from trainables.model import load_base_model, resolve_model_path
 
-    key = model_key(settings, resolve_model_path(settings, cache_dir, log=log), device)
+    path = resolve_model_path(settings, cache_dir, log=log)
+    key = model_key(settings, path, device)
     if _resident is not None and _resident.key == key:
         return _resident.model, _resident.tokenizer, True
     if _resident is not None:
         log("[trial] the resident base model has other model settings: freeing it and loading this trial's")
         drop()
-    model, tokenizer = load_base_model(settings, cache_dir, device=device, log=log)
+    model, tokenizer = load_base_model(settings, cache_dir, device=device, log=log, path=path)
     model.requires_grad_(False)  # as peft leaves it: frozen (the check in `strip_trial` relies on it)
     loads += 1
     _resident = _Resident(key, model, tokenizer)
@@ -69,6 +70,7 @@ def acquire(settings: ModelSettings, cache_dir: str | None, device, log=print) -
 def strip_trial(trained_model, log=print) -> None:
     """Return the resident model to its loaded state after a trial (see the module doc); drop it if it
     does not come back clean. `trained_model`: what the trainer held (the peft model, or the base model)."""
+    global _resident
     if _resident is None:
         return
     try:
@@ -82,7 +84,7 @@ def strip_trial(trained_model, log=print) -> None:
     except Exception as e:  # noqa: BLE001 - never reuse a model in an unknown state: load afresh next time
         log(f"[trial] the base model could not be returned to its loaded state ({e}); the next trial loads it "
             "again")
-        drop()
+        _resident = None
     free_memory()
 
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainables.config import TrialSpec
 from trainables.generation import TABLE_FILE
 from trainables.params import trial_spec
 from trainables.timing import PhaseClock
@@ -38,10 +37,6 @@ class SweepContext:
     shared_reference: str | None = None  # trainables.reference directory, when the sweep shares one
     tracking_flush_s: float = 60.0  # at a trial's end, how long to wait for queued MLflow calls
     resident_model: bool = True  # keep the base model loaded in the worker between trials (trainables.resident)
-
-
-def trial_spec_for(context: SweepContext, params: dict[str, Any], output_dir: str) -> TrialSpec:
-    return trial_spec(context.base_spec, params, output_dir=output_dir)
 
 
 _LOADED_IN = time.perf_counter() - _LOADING_SINCE  # this module and what it imports (torch, MLflow, ...)
@@ -69,7 +64,7 @@ def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
 
     ctx = tune.get_context()
     trial_dir = Path(ctx.get_trial_dir())
-    spec = trial_spec_for(context, params, str(trial_dir / "hf"))
+    spec = trial_spec(context.base_spec, params, output_dir=str(trial_dir / "hf"))
 
     # Tracking never holds training up: a queue drained by a background thread (see TrialRunLogger).
     # MLflow's own HTTP retries (minutes of backoff) would only delay that thread's own retries.
