@@ -292,12 +292,6 @@ def _outcome(experiment: Path) -> tuple[dict[str, str], str]:
     return statuses, spot
 
 
-@pytest.mark.xfail(run=False, strict=True, reason=(
-    "known defect, found by this test (2026-12-05): killed past the first rung (2 trials promoted and at report 2, "
-    "2 stopped), `resume` hung with every live trial PAUSED. Ray's restored HyperBand bracket gets restored PAUSED "
-    "trials with no result (add_trial) and never puts them in trials_to_unpause, and with nothing running no result "
-    "arrives to trigger _process_bracket; one promoted trial was also TERMINATED on restore. Not run, so CI does not "
-    "wait out the hang; the fix belongs in orchestrator/schedulers.py's SyncHalving."))
 def test_a_driver_killed_under_halving_resumes_to_the_same_stopped_set_and_sweet_spot(model_cache, tmp_path):
     space = {"beta": {"grid": [0.1, 0.5]}, "learning_rate": {"grid": [5e-4, 5e-3]}}
     halving = {"scheduler": {"kind": "halving", "grace_period": 1, "reduction_factor": 2},

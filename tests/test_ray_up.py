@@ -1,11 +1,13 @@
 """The `ray submit` path for real: `ray up` with Ray's local provider over SSH to 127.0.0.1, `ray submit`
 of the shipped deploy/submit_sweep.py with a small sweep, the results checked, `ray down`.
 
-scripts/setup-test-host.sh (run by scripts/test with CI=true or --setup-host) installs openssh-server, rsync and netcat and adds the
-account the test logs in as: uid 0 with a home of its own, so the login PATH that `ray submit`'s bare
-`python` needs reaches this venv without touching root's dotfiles. The test starts its own sshd on a free
-port of 127.0.0.1 (Ray has no SSH-port setting: `ssh_proxy_command: nc %h PORT`), writes its key and
-~/.bashrc into that home and removes them afterwards; sshd is stopped by its pid.
+It needs sshd, rsync and nc on the machine (scripts/setup-test-host.sh installs them, only with CI=true or
+--setup-host, only as root); nothing else about the machine changes. The test starts its own sshd, run by the
+user running the tests, on a free port of 127.0.0.1 (Ray has no SSH-port setting: `ssh_proxy_command: nc %h
+PORT`), and logs in as that same user: no account is added. The sshd reads its key from the test's temp folder
+(AuthorizedKeysFile) and sets HOME to a temp folder too (SetEnv), so the ~/.bashrc that puts this venv first on
+the login PATH (`ray submit` runs a bare `python`) and Ray's ~/ray_bootstrap_* files land there, never in the
+user's own home. sshd is stopped by its pid and the folder removed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from trainables.tracking import PARENT_TAG, STATUS_TAG, make_client
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
-USER = "dposweep-sshtest"
 
 
 def run(*cmd, **kw):
@@ -37,23 +38,23 @@ def run(*cmd, **kw):
 
 @pytest.fixture(scope="module")
 def ssh_head():
-    """(user, key, port, base) of an sshd on 127.0.0.1 that logs USER in with the venv on its PATH."""
+    """(user, key, port, base) of an sshd on 127.0.0.1 that logs the current user in, with a temp HOME whose
+    ~/.bashrc puts the venv first on the PATH."""
     import pwd
 
-    tools = [t for t in ("sshd", "rsync", "nc") if not (shutil.which(t) or Path(f"/usr/sbin/{t}").exists())]
-    try:
-        home = Path(pwd.getpwnam(USER).pw_dir)
-    except KeyError:
-        home = None
-    if tools or home is None or os.geteuid() != 0:
-        pytest.skip(f"needs root, {', '.join(tools) or 'the SSH tools'} and the {USER} account: run "
-                    "./scripts/test --setup-host as root")
+    sshd_bin = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+    tools = [t for t, found in (("sshd", sshd_bin), ("rsync", shutil.which("rsync")), ("nc", shutil.which("nc")))
+             if not found]
+    if tools:
+        pytest.skip(f"needs {', '.join(tools)} (openssh-server, rsync, netcat-openbsd): run ./scripts/test "
+                    "--setup-host as root, or install them")
+    user = pwd.getpwuid(os.geteuid()).pw_name
     base = Path(tempfile.mkdtemp(prefix="dpo-sshtest-"))
+    home = base / "home"
+    home.mkdir()
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "hostkey"))
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "id"))
-    home.mkdir(parents=True, exist_ok=True)
-    (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
-    shutil.copy(base / "id.pub", home / ".ssh" / "authorized_keys")
+    shutil.copy(base / "id.pub", base / "authorized_keys")
     # `ray submit` runs a bare `python`, `ray down` a bare `ray stop`, in a login shell that sources ~/.bashrc.
     (home / ".bashrc").write_text(f"export PATH={BIN}:$PATH RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0\n")
     sshd = None
@@ -61,28 +62,28 @@ def ssh_head():
         port = free_port()
         (base / "sshd_config").write_text(
             f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base}/hostkey\nPidFile {base}/sshd.pid\n"
-            f"UsePAM no\nPasswordAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
-            f"AllowUsers {USER}\nStrictModes no\n")
-        Path("/run/sshd").mkdir(exist_ok=True)
-        sshd = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-f", str(base / "sshd_config"), "-D"],
+            f"AuthorizedKeysFile {base}/authorized_keys\nSetEnv HOME={home}\nAllowUsers {user}\n"
+            "UsePAM no\nPasswordAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
+            "StrictModes no\n")
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder, needed only as root
+        sshd = subprocess.Popen([sshd_bin, "-f", str(base / "sshd_config"), "-D"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_ssh(base / "id", port)
-        yield {"user": USER, "key": base / "id", "port": port, "base": base}
+        wait_for_ssh(user, base / "id", port)
+        yield {"user": user, "key": base / "id", "port": port, "base": base}
     finally:
         if sshd is not None:
             kill_tree(sshd.pid)  # the listener and its session processes
-        (home / ".ssh" / "authorized_keys").unlink(missing_ok=True)
-        (home / ".bashrc").unlink(missing_ok=True)
         shutil.rmtree(base, ignore_errors=True)
 
 
-def wait_for_ssh(key: Path, port: int, seconds: float = 60) -> None:
+def wait_for_ssh(user: str, key: Path, port: int, seconds: float = 60) -> None:
     """sshd takes a moment to listen after it starts: retry a login until it answers."""
     deadline = time.monotonic() + seconds
     while True:
         out = subprocess.run(["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o",
                               "UserKnownHostsFile=/dev/null", "-o", f"ProxyCommand=nc %h {port}", "-o",
-                              "ConnectTimeout=10", "-o", "BatchMode=yes", f"{USER}@127.0.0.1", "true"],
+                              "ConnectTimeout=10", "-o", "BatchMode=yes", f"{user}@127.0.0.1", "true"],
                              capture_output=True, text=True, timeout=60, check=False)
         if out.returncode == 0:
             return

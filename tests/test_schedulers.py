@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 from orchestrator.schedulers import guarded_asha
@@ -52,3 +53,136 @@ def test_a_trial_flagged_between_rungs_runs_to_the_next_rung_and_stops_there():
     assert s.on_trial_result(None, a, result(1, 0.8)) == "CONTINUE"
     assert s.on_trial_result(None, a, result(2, 0.9, flag=True)) == "CONTINUE"  # between rungs 1 and 3
     assert s.on_trial_result(None, a, result(3, 0.95, flag=True)) == "STOP"
+
+
+# Synchronous halving, driven by a small stand-in for Tune's controller: the same calls in the same order
+# (choose_trial_to_run, on_trial_result, stop_trial), two trials running at once, one report per step.
+
+class FakeTrial:
+    def __init__(self, tid: str):
+        self.trial_id, self.status, self.is_saving = tid, "PENDING", False
+        self.run_metadata = SimpleNamespace(last_result={}, last_result_time=0)
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+
+    def __repr__(self) -> str:
+        return self.trial_id
+
+
+CLOCK = itertools.count(1)
+
+
+class FakeController:
+    """Starts what the scheduler chooses, then any PENDING trial (as Tune does), at most `slots` at once."""
+
+    def __init__(self, scheduler, trials, slots: int = 2):
+        self.scheduler, self.trials, self.slots, self.running = scheduler, trials, slots, []
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial) -> None:
+        if trial.status in ("PENDING", "PAUSED"):
+            self.scheduler.on_trial_remove(self, trial)
+        elif trial.status == "RUNNING":
+            self.scheduler.on_trial_complete(self, trial, trial.run_metadata.last_result)
+        trial.status = "TERMINATED"
+        if trial in self.running:
+            self.running.remove(trial)
+
+    def step(self, metric, max_t: int) -> bool:
+        """Fill the slots, run the longest-waiting running trial one report; False when nothing can run."""
+        while len(self.running) < self.slots:
+            chosen = self.scheduler.choose_trial_to_run(self)
+            chosen = chosen or next((t for t in self.trials if t.status == "PENDING" and t not in self.running), None)
+            if chosen is None:
+                break
+            chosen.status = "RUNNING"
+            self.running.append(chosen)
+        if not self.running:
+            return False
+        trial = self.running.pop(0)
+        t = trial.run_metadata.last_result.get("training_iteration", 0) + 1
+        result = {"training_iteration": t, METRIC: metric[trial.trial_id][t - 1], "reward_hack_flag": 0.0}
+        trial.run_metadata.last_result = result
+        trial.run_metadata.last_result_time = next(CLOCK)
+        action = self.scheduler.on_trial_result(self, trial, result)
+        if action == "STOP" or t == max_t:
+            self.stop_trial(trial)
+        elif action == "PAUSE":
+            trial.status = "PAUSED"
+        else:
+            self.running.append(trial)
+        return True
+
+
+def halving(num_trials: int = 4):
+    from orchestrator.schedulers import SyncHalving
+
+    s = SyncHalving(num_trials, grace_period=1, max_t=4, eta=2)  # rungs at 1, 2 and 4 reports
+    s.set_search_properties(METRIC, "max")
+    return s
+
+
+# Per trial, its metric at reports 1..4. Three tie at rung 1 for two places: the sweep's order decides.
+METRICS = {"x_00000": [0.6, 0.6, 0.7, 0.8], "x_00001": [0.6, 0.5, 0.6, 0.6], "x_00002": [0.6, 0.9, 0.9, 0.9],
+           "x_00003": [0.4, 0.9, 0.95, 0.99]}
+
+
+def outcome(trials) -> dict[str, int]:
+    """Each trial's last report once the sweep is over: 4 for the one that ran to the end."""
+    return {t.trial_id: t.run_metadata.last_result.get("training_iteration", 0) for t in trials}
+
+
+def run_sweep(scheduler, trials, steps_before_kill: int | None = None) -> bool:
+    """Run until done (True) or for `steps_before_kill` steps (False). Fails on a hang: live trials left and
+    nothing to run."""
+    ctl = FakeController(scheduler, trials)
+    steps = 0
+    while steps_before_kill is None or steps < steps_before_kill:
+        if not ctl.step(METRICS, max_t=4):
+            live = [t for t in trials if t.status != "TERMINATED"]
+            assert not live, f"hang: {[(t, t.status) for t in live]} live, nothing running"
+            return True
+        steps += 1
+    return all(t.status == "TERMINATED" for t in trials)
+
+
+def test_synchronous_halving_stops_the_same_trials_every_time():
+    trials = [FakeTrial(tid) for tid in METRICS]
+    s = halving()
+    for t in trials:
+        s.on_trial_add(None, t)
+    assert run_sweep(s, trials)
+    # Rung 1 keeps two of the three tied at 0.6 (the later ones in the sweep's order), rung 2 the better of those.
+    assert outcome(trials) == {"x_00000": 1, "x_00001": 2, "x_00002": 4, "x_00003": 1}
+
+
+def test_a_resume_at_any_moment_ends_like_the_uninterrupted_sweep():
+    whole = [FakeTrial(tid) for tid in METRICS]
+    s = halving()
+    for t in whole:
+        s.on_trial_add(None, t)
+    assert run_sweep(s, whole)
+    expected = outcome(whole)
+    steps = sum(expected.values())
+    for kill_at in range(1, steps):
+        trials = [FakeTrial(tid) for tid in METRICS]
+        s = halving()
+        for t in trials:
+            s.on_trial_add(None, t)
+        if run_sweep(s, trials, steps_before_kill=kill_at):
+            continue
+        # What `resume` hands a new scheduler: finished trials as they were, every other one PENDING at its last
+        # report, newest result first.
+        restored = [FakeTrial(t.trial_id) for t in trials]
+        for old, new in zip(trials, restored):
+            new.run_metadata.last_result = dict(old.run_metadata.last_result)
+            new.run_metadata.last_result_time = old.run_metadata.last_result_time
+            new.status = "TERMINATED" if old.status == "TERMINATED" else "PENDING"
+        s = halving()
+        for t in sorted(restored, key=lambda t: -t.run_metadata.last_result_time):
+            s.on_trial_add(None, t)
+        assert run_sweep(s, restored), f"killed after {kill_at} reports"
+        assert outcome(restored) == expected, f"killed after {kill_at} reports"
