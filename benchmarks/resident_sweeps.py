@@ -69,7 +69,7 @@ def run_once(config: str, pythonpath: str | None) -> dict:
                              env=env)
         wall = time.perf_counter() - t0
         if out.returncode != 0:
-            sys.exit(f"{config} ({'old' if pythonpath else 'new'}) failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+            sys.exit(f"{config} (PYTHONPATH {pythonpath or 'this checkout'}) failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
         lines = out.stdout.splitlines()
         experiment = Path(next(ln for ln in lines if ln.startswith("Ray results:")).split(":", 1)[1].strip())
         trials = trials_of(experiment)
@@ -126,6 +126,8 @@ def same_answers(a: dict, b: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="the commit of the old path")
+    ap.add_argument("--head", default=None, help="the commit of the new path (default: this checkout as it is; a "
+                    "commit runs from its own worktree, so the checkout may change while a long run goes on)")
     ap.add_argument("--configs", nargs="+", default=["demo", "smollm2"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=None)
@@ -138,6 +140,7 @@ def main() -> None:
         write_table(result, args.table)
         return
     old_tree = str(worktree(args.base))
+    new_tree = str(worktree(args.head)) if args.head else None
     runs: dict[str, dict[str, list[dict]]] = {c: {"old": [], "new": []} for c in args.configs}
     answers: dict[str, list[dict]] = {c: [] for c in args.configs}
     if args.merge:
@@ -151,7 +154,7 @@ def main() -> None:
         for config in args.configs:
             order = ("old", "new") if k % 2 == 0 else ("new", "old")
             for variant in order:
-                r = run_once(config, old_tree if variant == "old" else None)
+                r = run_once(config, old_tree if variant == "old" else new_tree)
                 runs[config][variant].append(r)
                 print(f"round {k + 1} {config} {variant}: {r['wall_s']} s wall, {r['ray_trial_seconds']} Ray "
                       f"trial-s, share {r['training_share_ray']} (own clock {r['training_share_own']}); "
@@ -170,7 +173,7 @@ def main() -> None:
                                                   if "reports" in o and "reports" in n],
             "runs": {v: [{k: x for k, x in r.items() if k != "reports"} for r in rs] for v, rs in by.items()},
         }
-    result = {"benchmark": "resident_sweeps", "base": args.base, "cpus": os.cpu_count(), "rounds": args.rounds,
+    result = {"benchmark": "resident_sweeps", "base": args.base, "head": args.head, "cpus": os.cpu_count(), "rounds": args.rounds,
               "date": time.strftime("%Y-%m-%d"), "summary": summary}
     text = json.dumps(result, indent=2)
     if args.out:
@@ -182,7 +185,7 @@ def main() -> None:
 
 def write_table(result: dict, path: str | None) -> None:
     lines = [(f"Measured by `benchmarks/resident_sweeps.py` on {result['date']}, {result['cpus']} CPUs, old path = commit "
-             f"`{result['base']}`, new = this checkout; medians of interleaved rounds (old/new, then new/old)."), "",
+             f"`{result['base']}`, new = {('commit `' + result['head'] + '`') if result.get('head') else 'this checkout'}; medians of interleaved rounds (old/new, then new/old)."), "",
              ("| sweep | path | rounds | wall s | Ray trial-s | step s | training share (Ray clock) |"
               " training share (own clock) |"), "|---|---|---|---|---|---|---|---|"]
     for config, summary in result["summary"].items():

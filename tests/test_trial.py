@@ -14,7 +14,6 @@ from conftest import Interrupted, interrupt_after
 from safetensors.torch import load_file
 
 from trainables.model import load_base_model
-from trainables.probes import reference_divergence, sequence_logps
 from trainables.synthetic import SyntheticSettings, make_task
 from trainables.trainer import build_trainer, report_steps
 from trainables.trial import run_trial
@@ -22,6 +21,15 @@ from trainables.trial import run_trial
 
 def quiet(*_):
     pass
+
+
+def sequence_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probs, token counts) of each sequence's completion in a collated batch, by a forward pass of
+    its own through TRL's fused LM head: the oracle the trainer's figures are checked against."""
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                fused_lm_head=True, use_cache=False)
+    return out.log_probs.float().sum(-1), batch["completion_mask"][:, 1:].sum(-1).clamp(min=1)
 
 
 def test_nf4_qlora_trial_learns_the_rule_with_a_frozen_4bit_base(make_spec):
@@ -130,34 +138,49 @@ def _loss_and_margins(make_spec, label_smoothing, loss_type="sigmoid"):
     return loss, x
 
 
-def test_reference_divergence_is_per_completion_and_per_token(make_spec):
-    spec = make_spec("divergence", model={"compute_dtype": "float32"})
-    trainer, _, _ = build_trainer(spec, lambda m, c: None, log=quiet)
+@pytest.mark.parametrize("precomputed", [False, True], ids=["reference-forward", "precomputed-reference"])
+def test_the_held_out_divergence_reads_trls_own_evaluation_pass(make_spec, precomputed):
+    spec = make_spec(f"divergence-{precomputed}", model={"compute_dtype": "float32"},
+                     dpo={"precompute_ref_log_probs": precomputed})
+    trainer, _, callback = build_trainer(spec, lambda m, c: None, log=quiet)
     model = trainer.model
-    batch = next(iter(trainer.get_eval_dataloader()))
-    fresh = reference_divergence(model, [batch])
+    trainer.evaluate()
+    fresh = callback.divergence.metrics()
     assert fresh["eval_abs_logratio"] == 0 and fresh["eval_chosen_logratio_per_token"] == 0  # B = 0: the reference
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    moved = reference_divergence(model, [batch])
+    inputs = []
+    hook = model.register_forward_hook(lambda _m, _a, kwargs, _o: inputs.append(kwargs.get("input_ids")),
+                                       with_kwargs=True)
+    trainer.evaluate()
+    hook.remove()
+    moved = callback.divergence.metrics()
+    batches = list(trainer.get_eval_dataloader())
+    # The held-out pairs go through the model as often as TRL's loss needs them (policy, and the reference unless
+    # precomputed), not once more for the divergence. (The generation evaluation's passes are other rows.)
+    pair_passes = sum(any(i is not None and i.shape == b["input_ids"].shape and torch.equal(i, b["input_ids"])
+                          for b in batches) for i in inputs)
+    assert pair_passes == len(batches) * (1 if precomputed else 2)
+    # The oracle: a pass of its own over the first 64 pairs, policy and reference, lengths from the labels' mask.
     model.eval()
+    deltas, lengths = [], []
     with torch.no_grad():
-        policy, _ = sequence_logps(model, batch)
-        with model.disable_adapter():
-            ref, _ = sequence_logps(model, batch)
-    # Completion lengths counted from the labels' mask, independently of sequence_logps.
-    lengths = batch["completion_mask"][:, 1:].sum(-1).float()
-    delta = policy - ref
-    chosen = len(delta) // 2
+        for batch in batches:
+            policy, n = sequence_logps(model, batch)
+            with model.disable_adapter():
+                ref, _ = sequence_logps(model, batch)
+            deltas.append((policy - ref).view(2, -1))
+            lengths.append(n.view(2, -1).float())
+    delta, length = torch.cat(deltas, 1)[:, :64], torch.cat(lengths, 1)[:, :64]
     assert moved["eval_abs_logratio"] == pytest.approx(delta.abs().mean().item(), rel=1e-5)
-    assert moved["eval_abs_logratio_per_token"] == pytest.approx((delta.abs() / lengths).mean().item(), rel=1e-5)
-    assert moved["eval_chosen_logratio_per_token"] == pytest.approx(
-        (delta[:chosen] / lengths[:chosen]).mean().item(), rel=1e-5)
+    assert moved["eval_abs_logratio_per_token"] == pytest.approx((delta.abs() / length).mean().item(), rel=1e-5)
+    assert moved["eval_chosen_logratio_per_token"] == pytest.approx((delta[0] / length[0]).mean().item(), rel=1e-5)
+    assert moved["eval_rejected_logratio_per_token"] == pytest.approx((delta[1] / length[1]).mean().item(),
+                                                                      rel=1e-5)
     assert moved["eval_abs_logratio_per_token"] < moved["eval_abs_logratio"]  # completions are several tokens
-
 
 def test_cdpo_label_smoothing_changes_the_sigmoid_loss_by_the_cdpo_formula(make_spec):
     eps = 0.2
@@ -269,23 +292,14 @@ def test_out_of_memory_names_the_fix(make_spec, monkeypatch):
     assert "resources.gpu_per_trial" in text and "Tried to allocate 2.00 GiB" in text
 
 
-def test_sequence_logps_never_builds_the_vocabulary_wide_logits(make_spec):
+def test_the_evaluation_never_builds_the_vocabulary_wide_logits(make_spec):
     # The held-out divergence once projected every position through the LM head and softmaxed it in fp32: the
-    # largest allocation of a trial on the GPU. It must read TRL's fused head and agree with the full softmax.
+    # largest allocation of a trial on the GPU. It now reads TRL's own pass, which goes through the fused head.
     spec = make_spec("fused-head", model={"compute_dtype": "float32"})
-    trainer, _, _ = build_trainer(spec, lambda m, c: None, log=quiet)
-    model = trainer.model
-    model.eval()
-    batch = next(iter(trainer.get_eval_dataloader()))
+    trainer, _, callback = build_trainer(spec, lambda m, c: None, log=quiet)
+    callback.generation, callback.probes = None, []  # generating projects the last position, as it must
     calls = []
-    hook = model.get_output_embeddings().register_forward_hook(lambda *a: calls.append(1))
-    with torch.no_grad():
-        fused, lengths = sequence_logps(model, batch)
-        assert calls == []
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    hook = trainer.model.get_output_embeddings().register_forward_hook(lambda *a: calls.append(1))
+    trainer.evaluate()
     hook.remove()
-    assert calls == [1]  # the hook does see a full projection
-    full = logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
-    mask = batch["completion_mask"][:, 1:]
-    assert torch.allclose(fused, (full * mask).sum(-1), atol=1e-4)
-    assert torch.equal(lengths, mask.sum(-1).clamp(min=1))
+    assert calls == [] and callback.divergence.metrics()

@@ -47,28 +47,13 @@ def answer_quality(model, tokenizer, probes: list[tuple[Any, str]], batch_size: 
             "answer_length_tokens": sum(len(i) for i in answers.ids) / n}
 
 
-def sequence_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed log-probs, token counts) of each sequence's completion (TRL's collated batch: chosen rows, then
-    rejected), through the fused LM head TRL's trainer puts on its model: only the completion's tokens are
-    projected, in tiles, as in TRL's own loss. Full logits (rows x tokens x vocabulary, in fp32 for the
-    softmax) were 1.5 GiB of SmolLM2's and 5.2 GiB of a Qwen2.5-0.5B's 7 GiB peak on an H200 at an eval batch
-    of 64 rows: the largest thing a trial held, and nothing the memory estimate counted."""
-    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
-                fused_lm_head=True, use_cache=False)
-    mask = batch["completion_mask"][:, 1:]
-    return out.log_probs.float().sum(-1), mask.sum(-1).clamp(min=1)
-
-
-@torch.no_grad()
-def reference_divergence(model, batches, max_pairs: int = 64) -> dict[str, float]:
-    """How far the policy's held-out log-probs moved from the reference's, over the first `max_pairs` pairs.
-
-    The reference is the base model with the adapter disabled, as in TRL's PEFT path, or the batch's
-    precomputed reference log-probs when it has them (then no reference forward runs). Per pair
-    delta(y) = log pi(y|x) - log pi_ref(y|x), summed over the completion's tokens; '_per_token' divides each
-    completion's delta by its length first, so the figure means the same on a 5-token answer and a
-    300-token one:
+class HeldOutDivergence:
+    """How far the policy's held-out log-probs moved from the reference's, over the first `max_pairs` pairs,
+    read from TRL's own evaluation pass (`SweepDPOTrainer._compute_loss` hands each batch's summed log-probs
+    here): no second forward pass. The reference is the batch's precomputed log-probs, or TRL's reference
+    forward with the adapter disabled. Per pair delta(y) = log pi(y|x) - log pi_ref(y|x), summed over the
+    completion's tokens; '_per_token' divides each completion's delta by its length first, so the figure means
+    the same on a 5-token answer and a 300-token one:
 
         eval_abs_logratio               mean |delta| (nats per completion; chosen and rejected)
         eval_abs_logratio_per_token     mean |delta| / length
@@ -76,28 +61,30 @@ def reference_divergence(model, batches, max_pairs: int = 64) -> dict[str, float
                                         answers lost probability against the reference (likelihood displacement)
         eval_rejected_logratio_per_token  the same of rejected completions
     """
-    was_training = model.training
-    model.eval()
-    deltas, lengths = [], []
-    try:
-        for batch in batches:
-            policy, n_tokens = sequence_logps(model, batch)
-            if "ref_chosen_logps" in batch:
-                ref = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).to(policy)
-            else:
-                with model.disable_adapter():
-                    ref, _ = sequence_logps(model, batch)
-            deltas.append((policy - ref).view(2, -1))  # [chosen, rejected] x pairs
-            lengths.append(n_tokens.view(2, -1).to(policy))
-            if sum(d.shape[1] for d in deltas) >= max_pairs:
-                break
-    finally:
-        model.train(was_training)
-    if not deltas:
-        return {}
-    delta, length = torch.cat(deltas, 1)[:, :max_pairs], torch.cat(lengths, 1)[:, :max_pairs]
-    per_token = delta / length
-    return {"eval_abs_logratio": delta.abs().mean().item(),
-            "eval_abs_logratio_per_token": per_token.abs().mean().item(),
-            "eval_chosen_logratio_per_token": per_token[0].mean().item(),
-            "eval_rejected_logratio_per_token": per_token[1].mean().item()}
+
+    def __init__(self, max_pairs: int = 64):
+        self.max_pairs = max_pairs
+        self.reset()
+
+    def reset(self) -> None:
+        self.deltas: list[torch.Tensor] = []
+        self.lengths: list[torch.Tensor] = []
+
+    def add(self, policy: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor) -> None:
+        """One collated batch (chosen rows, then rejected): summed log-probs under the policy and the reference,
+        and completion lengths in tokens."""
+        if sum(d.shape[1] for d in self.deltas) >= self.max_pairs:
+            return
+        self.deltas.append((policy.float() - ref.to(policy).float()).view(2, -1).cpu())
+        self.lengths.append(lengths.view(2, -1).float().cpu())
+
+    def metrics(self) -> dict[str, float]:
+        if not self.deltas:
+            return {}
+        delta = torch.cat(self.deltas, 1)[:, :self.max_pairs]
+        length = torch.cat(self.lengths, 1)[:, :self.max_pairs]
+        per_token = delta / length
+        return {"eval_abs_logratio": delta.abs().mean().item(),
+                "eval_abs_logratio_per_token": per_token.abs().mean().item(),
+                "eval_chosen_logratio_per_token": per_token[0].mean().item(),
+                "eval_rejected_logratio_per_token": per_token[1].mean().item()}

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 # and imports (transformers, TRL, peft, bitsandbytes) are paid by the first trial a worker runs; Ray reuses
 # workers. The interpreter's and Ray's own start before them is not counted (Ray starts workers ahead, idle).
 PHASES = ("worker_start", "imports", "model_load", "data", "trainer_init", "reference", "checkpoint_restore", "steps",
-          "evaluation", "divergence", "probes", "generation", "checkpoint_save", "report")
+          "evaluation", "probes", "generation", "checkpoint_save", "report")
 PREFIX = "time_"
 
 

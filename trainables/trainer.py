@@ -25,12 +25,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from trainables.config import ConfigError, TrialSpec
 from trainables.detectors import REFERENCE_PREFIX
 from trainables.metrics import Report, clean_metric_name
+from trainables.probes import HeldOutDivergence
 from trainables.timing import PhaseClock
 from trainables.trl_patches import apply as apply_trl_patches
 
@@ -45,6 +47,7 @@ REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 class SweepDPOTrainer(DPOTrainer):
     clock: PhaseClock | None = None  # set by build_trainer: where the trial's seconds go (trainables.timing)
+    divergence: HeldOutDivergence | None = None  # set by build_trainer: fed by the evaluation's own forward passes
 
     def _timed(self, phase: str):
         return self.clock.phase(phase) if self.clock is not None else contextlib.nullcontext()
@@ -66,8 +69,30 @@ class SweepDPOTrainer(DPOTrainer):
             super()._save_checkpoint(model, trial)
 
     def evaluate(self, *args, **kwargs):
+        if self.divergence is not None:
+            self.divergence.reset()
         with self._timed("evaluation"):  # the probes and generations inside count as their own phases
             return super().evaluate(*args, **kwargs)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        # In evaluation, the held-out divergence reads the log-probs of TRL's own passes (the policy's, then the
+        # reference's unless precomputed) instead of forwarding every pair a second time.
+        if self.model.training or self.divergence is None:
+            return super()._compute_loss(model, inputs, return_outputs)
+        log_probs = []
+        hook = self.model.register_forward_hook(lambda _m, _a, out: log_probs.append(out.log_probs.detach()))
+        try:
+            result = super()._compute_loss(model, inputs, return_outputs)
+        finally:
+            hook.remove()
+        mask = inputs["completion_mask"][:, 1:]
+        policy = log_probs[0][:, -mask.shape[1]:].float().sum(-1)
+        if "ref_chosen_logps" in inputs:
+            ref = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]])
+        else:
+            ref = log_probs[1][:, -mask.shape[1]:].float().sum(-1)
+        self.divergence.add(policy, ref, mask.sum(-1).clamp(min=1))
+        return result
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if all(c in getattr(dataset, "column_names", ()) for c in TOKENIZED_COLUMNS):
@@ -192,6 +217,7 @@ class ReportCallback(TrainerCallback):
         self.monitor = (RewardHackingMonitor(spec.reward_hacking, self.reports_per_epoch)
                         if spec.reward_hacking.enabled else None)
         self.clock = clock or PhaseClock()
+        self.divergence = HeldOutDivergence()
 
     def restore(self, checkpoint_dir: str) -> None:
         from trainables.reward_hacking import RewardHackingMonitor
@@ -260,15 +286,12 @@ class ReportCallback(TrainerCallback):
                                if isinstance(v, (int, float)) and k != "epoch"}
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, eval_dataloader=None, **kw):
-        from trainables.probes import reference_divergence
-
         m = {clean_metric_name(k): v for k, v in (metrics or {}).items()
              if k.startswith("eval_") and isinstance(v, (int, float))}
         if self.probes:
             m.update(self.probe(model))
         if eval_dataloader is not None:
-            with self.clock.phase("divergence"):  # a second policy pass over the held-out pairs
-                m.update(reference_divergence(model, eval_dataloader))
+            m.update(self.divergence.metrics())  # read from TRL's evaluation pass (SweepDPOTrainer._compute_loss)
             m["eval_pairs"] = len(eval_dataloader.dataset)  # the resolution of the held-out rates: 1 / eval_pairs
         if self.generation is not None:
             self.ensure_generation_reference(model, state.global_step)  # an evaluation before any training
@@ -378,6 +401,7 @@ def build_trainer(spec: TrialSpec, report: Report, log=print, data=None, shared_
     )
     clock.end("trainer_init")
     trainer.clock = clock
+    trainer.divergence = callback.divergence
     trainer.remove_callback(PrinterCallback)  # it prints every raw log dict; `report` is the output
     callback.tokens_per_step = tokens_per_step(trainer.train_dataset, spec)
     from trainables.model import resolve_compute_dtype
