@@ -28,13 +28,15 @@ def wait_for(url: str, seconds: float = 90) -> None:
     raise TimeoutError(f"{url} did not answer within {seconds} s")
 
 
-def kill_tree(pid: int) -> None:
-    """SIGTERM a process and its descendants, SIGKILL what is left after 10 s."""
-    try:
-        proc = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    procs = [*proc.children(recursive=True), proc]
+def kill_tree(*pids: int) -> None:
+    """SIGTERM processes and their descendants, all at once; SIGKILL what is left after 10 s."""
+    procs = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            procs += [*proc.children(recursive=True), proc]
+        except psutil.NoSuchProcess:
+            pass
     for p in procs:
         try:
             p.send_signal(signal.SIGTERM)

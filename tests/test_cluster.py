@@ -44,9 +44,9 @@ def two_node_cluster():
         wait_for(f"http://127.0.0.1:{dash}/api/version")
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
     finally:
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            if any(temp in part for part in (proc.info["cmdline"] or [])):
-                kill_tree(proc.info["pid"])
+        # One wait for all of them: Ray's daemons, stopped one by one, each took its full grace period.
+        kill_tree(*(proc.info["pid"] for proc in psutil.process_iter(["pid", "cmdline"])
+                    if any(temp in part for part in (proc.info["cmdline"] or []))))
 
 
 def cluster_sweep(path: Path, model_cache: str, storage: Path, tracking_uri: str) -> Path:

@@ -141,75 +141,6 @@ def test_killed_trial_worker_resumes_from_its_checkpoint_with_nothing_lost(model
                    f"in Ray {len(steps)}, in MLflow {len(logged)}")
 
 
-def test_killed_driver_resumes_without_rerunning_finished_trials(model_cache, tmp_path, figures):
-    storage = tmp_path / "out"
-    sweep = write_sweep(tmp_path / "sweep.yaml", model_cache, storage, "driverkill",
-                        {"beta": {"grid": [0.05, 0.1, 0.5]}})
-    db = storage / "mlflow.db"
-    proc = subprocess.Popen([str(BIN / "dpo-sweep"), "run", str(sweep)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    family: set[psutil.Process] = set()
-
-    def one_finished_and_the_next_three_reports_in() -> bool:
-        family.update(descendants(proc.pid))
-        counts = sorted(sqlite_steps_by_run(db).values(), reverse=True)  # one read, used once
-        return len(counts) >= 2 and counts[0] == 8 and counts[1] >= 3
-
-    try:
-        if wait_until(one_finished_and_the_next_three_reports_in, proc, 400):
-            proc.send_signal(signal.SIGKILL)  # the driver dies mid-sweep
-        proc.wait(timeout=30)
-    finally:
-        for p in family:  # Ray's agents outlive a SIGKILLed driver: stop what this test started
-            if p.is_running():
-                kill_tree(p.pid)
-    assert proc.returncode == -signal.SIGKILL, "the sweep ended before the driver could be killed"
-
-    experiment = next(storage.glob("driverkill-*"))
-    state = json.loads((experiment / "dpo_sweep.json").read_text())
-    before = ray_steps(experiment)
-    finished_before = {t for t, s in before.items() if len(s) == 8}
-    interrupted = {t for t, s in before.items() if 0 < len(s) < 8}
-    assert len(finished_before) == 1 and len(interrupted) == 1
-    (done_trial,), (cut_trial,) = finished_before, interrupted
-    pids_done_before = ray_pids(experiment, done_trial)
-
-    resumed = run_cli("resume", str(experiment))
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"resuming {state['name']}" in resumed.stderr
-
-    expected = [4, 8, 12, 16, 20, 24, 28, 32]
-    after = ray_steps(experiment)
-    assert set(before) <= set(after) and len(after) == 3  # nothing disappeared
-    # The finished trial was not re-run: its results are byte-for-byte what they were.
-    assert after[done_trial] == before[done_trial] and ray_pids(experiment, done_trial) == pids_done_before
-    # The interrupted one continued from a checkpoint: the new process's first report is past step 4.
-    pids = ray_pids(experiment, cut_trial)
-    first_new = pids.index(pids[-1])
-    assert pids[0] != pids[-1] and after[cut_trial][first_new] > 4
-    unique = {t: sorted(set(s)) for t, s in after.items()}
-    assert all(s == expected for s in unique.values())
-    repeats = sum(len(s) for s in after.values()) - sum(len(s) for s in unique.values())
-
-    client = make_client(f"sqlite:///{db}")
-    exp = client.get_experiment_by_name("driverkill")
-    parents = client.search_runs([exp.experiment_id], "tags.`dpo_sweep.kind` = 'sweep'")
-    assert [p.info.run_id for p in parents] == [state["parent_run_id"]]  # the same parent run, reused
-    assert parents[0].info.status == "FINISHED"
-    children = mlflow_children(f"sqlite:///{db}", "driverkill")
-    assert set(children) == set(after)
-    logged = {t: mlflow_steps(f"sqlite:///{db}", run) for t, run in children.items()}
-    assert all(s == expected for s in logged.values())  # no gap, no duplicate
-    assert all(run.data.tags[STATUS_TAG] == "completed" for run in children.values())
-    with open(experiment / "analysis" / "results.csv") as f:
-        assert len(list(csv.DictReader(f))) == 3  # the analysis covers every trial
-    figures.append(
-        f"driver SIGKILL + resume: faults 1; trials completed 3/3 (1 finished before, not re-run; 1 continued from "
-        f"step {after[cut_trial][first_new] - 4}); metric points expected {3 * len(expected)}, in Ray "
-        f"{sum(len(s) for s in unique.values())} (+{repeats} repeated report(s) collapsed by step), in MLflow "
-        f"{sum(len(s) for s in logged.values())}")
-
-
 def test_mlflow_server_outage_and_a_nan_trial_lose_nothing(model_cache, tmp_path, figures):
     root = tmp_path / "mlflow"
     root.mkdir()
@@ -292,7 +223,11 @@ def _outcome(experiment: Path) -> tuple[dict[str, str], str]:
     return statuses, spot
 
 
-def test_a_driver_killed_under_halving_resumes_to_the_same_stopped_set_and_sweet_spot(model_cache, tmp_path):
+def test_a_driver_killed_under_halving_resumes_to_the_same_stopped_set_and_sweet_spot(model_cache, tmp_path,
+                                                                                       figures):
+    # The driver dies past the first rung (trials stopped there, one promoted trial mid-run, maybe others paused);
+    # `resume` must re-run nothing that ended, continue the rest from checkpoints, reopen the same MLflow parent,
+    # log every step once, and end where an uninterrupted sweep ends.
     space = {"beta": {"grid": [0.1, 0.5]}, "learning_rate": {"grid": [5e-4, 5e-3]}}
     halving = {"scheduler": {"kind": "halving", "grace_period": 1, "reduction_factor": 2},
                "trial": {"dpo": {"num_train_epochs": 1}}}
@@ -317,13 +252,44 @@ def test_a_driver_killed_under_halving_resumes_to_the_same_stopped_set_and_sweet
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        for p in family:
-            if p.is_running():
-                kill_tree(p.pid)
+        kill_tree(*(p.pid for p in family if p.is_running()))
     assert proc.returncode == -signal.SIGKILL, "the sweep ended before the driver could be killed"
     experiment = next(storage.glob("halvcut-*"))
+    state = json.loads((experiment / "dpo_sweep.json").read_text())
+    before = ray_steps(experiment)
+    pids_before = {t: ray_pids(experiment, t) for t in before}
     resumed = run_cli("resume", str(experiment))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming {state['name']}" in resumed.stderr
     statuses, spot = _outcome(experiment)
     assert statuses == expected[0]
     assert spot == expected[1]
+
+    after = ray_steps(experiment)
+    assert set(before) <= set(after) and len(after) == 4  # nothing disappeared
+    unique = {t: sorted(set(s)) for t, s in after.items()}
+    # A trial that reported nothing more after the resume was not run again: no new process wrote to its results.
+    ended = [t for t in before if sorted(set(before[t])) == unique[t]]
+    assert ended and all(after[t] == before[t] and ray_pids(experiment, t) == pids_before[t] for t in ended)
+    # The one that went on continued from a checkpoint in a new process, not from its start.
+    went_on = [t for t in before if t not in ended and before[t]]
+    for t in went_on:
+        pids = ray_pids(experiment, t)
+        first_new = pids.index(pids[-1])
+        assert pids[-1] not in pids_before[t] and after[t][first_new] > min(unique[t])
+
+    db = f"sqlite:///{storage / 'mlflow.db'}"
+    exp = make_client(db).get_experiment_by_name("halvcut")
+    parents = make_client(db).search_runs([exp.experiment_id], "tags.`dpo_sweep.kind` = 'sweep'")
+    assert [p.info.run_id for p in parents] == [state["parent_run_id"]]  # the same parent run, reopened
+    assert parents[0].info.status == "FINISHED"
+    children = mlflow_children(db, "halvcut")
+    assert set(children) == set(after)
+    logged = {t: mlflow_steps(db, run) for t, run in children.items()}
+    assert logged == unique  # every step once: no gap, no duplicate
+    repeats = sum(len(s) for s in after.values()) - sum(len(s) for s in unique.values())
+    figures.append(
+        f"driver SIGKILL under halving + resume: {len(ended)} trial(s) that had ended not re-run, {len(went_on)} "
+        f"continued from a checkpoint; metric points in Ray {sum(len(s) for s in unique.values())} "
+        f"(+{repeats} repeated report(s) collapsed by step), in MLflow {sum(len(s) for s in logged.values())}; "
+        "same stopped set and sweet spot as the uninterrupted sweep")

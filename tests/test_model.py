@@ -100,7 +100,7 @@ def test_a_hub_id_that_cannot_load_is_refused_before_any_trial_starts(hub_cache)
     assert "give a local directory" in text  # the fix
 
 
-def test_the_base_model_loads_without_hub_kernels_unless_asked(tmp_path):
+def test_the_base_model_loads_without_hub_kernels_unless_asked(model_cache):
     # transformers kernelizes by default whenever `kernels` is installed (it is one of its own requirements); on
     # CUDA that downloads layers from the hub, which broke every trial of the first GPU run, offline.
     from trainables.config import ModelSettings
@@ -108,8 +108,8 @@ def test_the_base_model_loads_without_hub_kernels_unless_asked(tmp_path):
 
     # On the CPU whatever the host has: on a GPU, hub_kernels=True would fetch kernels from the hub.
     cpu = torch.device("cpu")
-    off, _ = load_base_model(ModelSettings(), cache_dir=str(tmp_path), device=cpu, log=lambda *a: None)
-    on, _ = load_base_model(ModelSettings(hub_kernels=True), cache_dir=str(tmp_path), device=cpu, log=lambda *a: None)
+    off, _ = load_base_model(ModelSettings(), cache_dir=model_cache, device=cpu, log=lambda *a: None)
+    on, _ = load_base_model(ModelSettings(hub_kernels=True), cache_dir=model_cache, device=cpu, log=lambda *a: None)
     assert (off.use_kernels, on.use_kernels) == (False, True)
 
 

@@ -96,17 +96,17 @@ def test_nf4_qlora_trial_on_a_real_chat_model_trains_the_adapter_only_and_resume
             assert torch.equal(p.detach(), fresh_params[key].detach()), name
 
 
-def test_the_packages_gguf_file_loads_from_the_content_keyed_cache_and_trains(smollm2_cache, tmp_path):
+def test_the_packages_gguf_file_loads_from_the_content_keyed_cache_as_a_trials_model(smollm2_cache, tmp_path):
     gguf_file = smollm2_gguf_path()
     copy = tmp_path / "renamed.gguf"
     copy.symlink_to(gguf_file)
     # Same bytes under another name: the conversion made for smollm2-135m is reused, not redone.
     assert ensure_converted(copy, smollm2_cache, log=None) == ensure_converted(gguf_file, smollm2_cache, log=None)
-    spec = real_spec(smollm2_cache, tmp_path / "gguf", model={"name_or_path": str(copy)},
-                     dpo={"reports_per_epoch": 1}, data={"arithmetic": {"num_train": 8, "num_probe": 0}})
-    reports = []
-    run_trial(spec, lambda m, c: reports.append(m), log=quiet)
-    assert [m["step"] for m in reports] == [1] and reports[0]["train_loss"] > 0
+    # A .gguf path as the trial's model sets the trial up on it (the nf4 test above trains this same conversion).
+    spec = real_spec(smollm2_cache, tmp_path / "gguf", model={"name_or_path": str(copy)})
+    trainer, _, _ = build_trainer(spec, lambda m, c: None, log=quiet)
+    assert trainer.train_dataset.num_rows == 16
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in trainer.model.modules()) == 30 * 7
 
 
 def test_long_answers_share_all_but_the_answer_tokens(smollm2_cache):
@@ -165,8 +165,10 @@ def _flag_run(cache: str, out, learning_rate: float) -> tuple[list[dict], str]:
 
     from orchestrator.cli import MetricPrinter
 
-    spec = real_spec(cache, out, data={"arithmetic": {"num_train": 32, "num_probe": 16}},
-                     dpo={"learning_rate": learning_rate, "reports_per_epoch": 2, "precompute_ref_log_probs": True})
+    # 16 held-out pairs in one evaluation batch: the flag reads the probes and the generations, not the pairs.
+    spec = real_spec(cache, out, data={"arithmetic": {"num_train": 32, "num_eval": 16, "num_probe": 16}},
+                     dpo={"learning_rate": learning_rate, "reports_per_epoch": 2, "precompute_ref_log_probs": True,
+                          "per_device_eval_batch_size": 16})
     assert spec.reward_hacking == RewardHackingSettings()  # the defaults, untouched
     reports, lines = [], io.StringIO()
     printer = MetricPrinter(out=lines)
@@ -188,10 +190,10 @@ def test_default_flag_spares_a_healthy_real_trial_and_names_the_signal_on_a_dest
     assert healthy[-1]["eval_rewards_margins"] > 0  # it moved: a trial that did nothing proves nothing
     assert not any(m["reward_hack_flag"] for m in healthy) and "REWARD-HACKING" not in printed
     # lr 1e-2, ~100x what moves this model gently: the answers break - none right, every reply run to the
-    # generation cap (16 tokens; the reference's average 12.6 here), held-out pairs ranked worse than a coin.
+    # generation cap (16 tokens, past the reference's average), held-out pairs ranked worse than a coin.
     destroyed, printed = _flag_run(smollm2_cache, tmp_path / "destroyed", 1e-2)
     assert all(m["answer_exact_rate"] == 0 for m in destroyed)
-    assert destroyed[-1]["answer_length_tokens"] > destroyed[-1]["ref_answer_length_tokens"] + 2
+    assert destroyed[-1]["answer_length_tokens"] == 16 > destroyed[-1]["ref_answer_length_tokens"]
     assert destroyed[-1]["eval_rewards_accuracies"] < 0.5
     assert destroyed[-1]["reward_hack_flag"] == 1 and destroyed[-1]["reward_hack_signal"] == signal
     assert f"REWARD-HACKING FLAG ({signal})" in printed

@@ -149,29 +149,29 @@ def run_sweep(scheduler, trials, steps_before_kill: int | None = None) -> bool:
     return all(t.status == "TERMINATED" for t in trials)
 
 
-def test_synchronous_halving_stops_the_same_trials_every_time():
+def new_sweep():
+    """(scheduler, trials): every trial of METRICS added, none run."""
     trials = [FakeTrial(tid) for tid in METRICS]
     s = halving()
     for t in trials:
         s.on_trial_add(None, t)
+    return s, trials
+
+
+def test_synchronous_halving_stops_the_same_trials_every_time():
+    s, trials = new_sweep()
     assert run_sweep(s, trials)
     # Rung 1 keeps two of the three tied at 0.6 (the later ones in the sweep's order), rung 2 the better of those.
     assert outcome(trials) == {"x_00000": 1, "x_00001": 2, "x_00002": 4, "x_00003": 1}
 
 
 def test_a_resume_at_any_moment_ends_like_the_uninterrupted_sweep():
-    whole = [FakeTrial(tid) for tid in METRICS]
-    s = halving()
-    for t in whole:
-        s.on_trial_add(None, t)
+    s, whole = new_sweep()
     assert run_sweep(s, whole)
     expected = outcome(whole)
     steps = sum(expected.values())
     for kill_at in range(1, steps):
-        trials = [FakeTrial(tid) for tid in METRICS]
-        s = halving()
-        for t in trials:
-            s.on_trial_add(None, t)
+        s, trials = new_sweep()
         if run_sweep(s, trials, steps_before_kill=kill_at):
             continue
         # What `resume` hands a new scheduler: finished trials as they were, every other one PENDING at its last

@@ -183,9 +183,8 @@ def test_synchronous_halving_stops_the_same_trials_and_finds_the_same_sweet_spot
 
     def once(name: str):
         cfg = sweep_config(model_cache, tmp_path / name, trial={"dpo": {"learning_rate": 5e-4}},
-                           search={"space": {"beta": {"grid": [0.01, 0.1, 0.5]}, "learning_rate": {
-                               "grid": [5e-5, 5e-4, 5e-3]}}},
-                           scheduler={"kind": "halving", "grace_period": 1, "reduction_factor": 3},
+                           search={"space": {"beta": {"grid": [0.01, 0.5]}, "learning_rate": {"grid": [5e-5, 5e-3]}}},
+                           scheduler={"kind": "halving", "grace_period": 1, "reduction_factor": 2},
                            resources={"max_concurrent_trials": 2})
         result = run_sweep(cfg, log=lambda *_: None, progress=False)
         runs = {(r.params["beta"], r.params["learning_rate"]): (r.status, r.reports) for r in result.records}
@@ -194,9 +193,9 @@ def test_synchronous_halving_stops_the_same_trials_and_finds_the_same_sweet_spot
     first, second = once("a"), once("b")
     assert first == second
     reports = sorted(n for _, n in first[0].values())
-    # 9 trials, 4 reports each, eta 3: all 9 to report 1, the best 3 to report 3, the best one to the end.
-    assert halving_rungs(9, 1, 4, 3) == [(1, 9), (3, 3), (4, 1)]
-    assert reports == [1] * 6 + [3] * 2 + [4]
+    # 4 trials, 4 reports each, eta 2: all 4 to report 1, the best 2 to report 2, the best one to the end.
+    assert halving_rungs(4, 1, 4, 2) == [(1, 4), (2, 2), (4, 1)]
+    assert reports == [1, 1, 2, 4]
     assert sum(status == COMPLETED for status, _ in first[0].values()) == 1
 
 
