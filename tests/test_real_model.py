@@ -27,14 +27,6 @@ def quiet(*_):
     pass
 
 
-@pytest.fixture(scope="session")
-def smollm2_cache(tmp_path_factory) -> str:
-    """A model cache holding smollm2-135m, converted from the package's GGUF file in this session."""
-    cache = tmp_path_factory.mktemp("smollm2-cache")
-    ensure_converted(smollm2_gguf_path(), cache, log=None)
-    return str(cache)
-
-
 def real_spec(cache: str, out, **sections) -> TrialSpec:
     raw = {
         "model": {"name_or_path": SMOLLM2, "quantization": "nf4"},
@@ -51,16 +43,6 @@ def real_spec(cache: str, out, **sections) -> TrialSpec:
 
 def test_nf4_qlora_trial_on_a_real_chat_model_trains_the_adapter_only_and_resumes(smollm2_cache, tmp_path):
     spec = real_spec(smollm2_cache, tmp_path / "trial")
-    trainer, _, _ = build_trainer(spec, lambda m, c: None, log=quiet)
-    tok = trainer.processing_class
-    prompt_ids = trainer.train_dataset[0]["prompt_ids"]
-    # The chat template rendered the prompt: ChatML's special tokens are in the ids, as single tokens.
-    im_start = tok.convert_tokens_to_ids("<|im_start|>")
-    assert prompt_ids.count(im_start) == 3  # system, user, and the assistant turn the completion goes in
-    text = tok.decode(prompt_ids)
-    assert "<|im_start|>user\nWhat is " in text and text.endswith("<|im_start|>assistant\n")
-    assert tok.decode(trainer.train_dataset[0]["chosen_ids"]).endswith("<|im_end|>\n")
-    del trainer
 
     class Crash(Exception):
         pass
@@ -80,6 +62,15 @@ def test_nf4_qlora_trial_on_a_real_chat_model_trains_the_adapter_only_and_resume
     resumed = []
     result = run_trial(spec, lambda m, c: resumed.append((m, c)), resume_from=reports[0][1], log=quiet)
     assert [m["step"] for m, _ in resumed] == [2]  # continued from step 1, did not start over
+
+    tok = result.trainer.processing_class
+    prompt_ids = result.trainer.train_dataset[0]["prompt_ids"]
+    # The chat template rendered the prompt: ChatML's special tokens are in the ids, as single tokens.
+    im_start = tok.convert_tokens_to_ids("<|im_start|>")
+    assert prompt_ids.count(im_start) == 3  # system, user, and the assistant turn the completion goes in
+    text = tok.decode(prompt_ids)
+    assert "<|im_start|>user\nWhat is " in text and text.endswith("<|im_start|>assistant\n")
+    assert tok.decode(result.trainer.train_dataset[0]["chosen_ids"]).endswith("<|im_end|>\n")
 
     model = result.trainer.model
     four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -130,13 +121,13 @@ def test_trial_command_on_a_conversational_file_prints_reports_with_the_default_
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = ["trial", "--set", f"model.name_or_path={SMOLLM2}", "--set", f"data.source={data}",
             "--set", "data.eval_fraction=0.34", "--set", "dpo.per_device_train_batch_size=8",
-            "--set", "dpo.reports_per_epoch=2", "--set", "dpo.max_length=64", "--set", f"output_dir={tmp_path / 'o'}"]
+            "--set", "dpo.reports_per_epoch=1", "--set", "dpo.max_length=64", "--set", f"output_dir={tmp_path / 'o'}"]
     out = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
                          env={**os.environ, "DPO_SWEEP_CACHE": smollm2_cache}, timeout=900, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"compute {resolve_compute_dtype('auto')}, from auto" in out.stderr
     steps = [ln.split("|")[0].strip() for ln in out.stdout.splitlines() if ln.startswith("step")]
-    assert steps == ["step     1", "step     2"]
+    assert steps == ["step     2"]  # 16 training pairs, batch 8: one report, after the 2nd step
     assert "eval acc" in out.stdout and "final held-out reward accuracy" in out.stderr
 
 
@@ -160,14 +151,15 @@ def test_named_spaces_pass_preflight_on_a_real_model_sweep(smollm2_cache, tmp_pa
 
 
 def _flag_run(cache: str, out, learning_rate: float) -> tuple[list[dict], str]:
-    """A 4-step trial of the default reward-hacking flag; (reports, the report lines `dpo-sweep trial` prints)."""
+    """A 4-step trial of the default reward-hacking flag, one report at its end; (reports, the report lines
+    `dpo-sweep trial` prints)."""
     import io
 
     from orchestrator.cli import MetricPrinter
 
     # 16 held-out pairs in one evaluation batch: the flag reads the probes and the generations, not the pairs.
     spec = real_spec(cache, out, data={"arithmetic": {"num_train": 32, "num_eval": 16, "num_probe": 16}},
-                     dpo={"learning_rate": learning_rate, "reports_per_epoch": 2, "precompute_ref_log_probs": True,
+                     dpo={"learning_rate": learning_rate, "reports_per_epoch": 1, "precompute_ref_log_probs": True,
                           "per_device_eval_batch_size": 16})
     assert spec.reward_hacking == RewardHackingSettings()  # the defaults, untouched
     reports, lines = [], io.StringIO()

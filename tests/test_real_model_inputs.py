@@ -3,10 +3,6 @@ the device-aware compute dtype, the named spaces' learning-rate bound, and the C
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import gguf
 import numpy as np
 import pytest
@@ -84,23 +80,19 @@ def test_gguf_files_that_cannot_be_converted_are_refused_with_the_reason(tmp_pat
     assert gguf_problems(llama) == []
 
 
-def dpo_sweep(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300, check=False, env=dict(os.environ))
-
-
-def test_a_truncated_gguf_is_refused_by_trial_and_preflight_without_a_traceback(tmp_path):
+def test_a_truncated_gguf_is_refused_by_trial_and_preflight_without_a_traceback(tmp_path, capsys):
+    from orchestrator.cli import main
     from trainables.gguf_models import smollm2_gguf_path
 
     truncated = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
     truncated.write_bytes(smollm2_gguf_path().read_bytes()[:3_000_000])  # the first 3 MB of 93
-    cache = ["--set", f"cache_dir={tmp_path / 'cache'}"]
-    out = dpo_sweep("trial", "--set", f"model.name_or_path={truncated}", *cache)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "is not a readable GGUF file" in out.stderr and "truncated" in out.stderr
-    out = dpo_sweep("validate", "--set", f"trial.model.name_or_path={truncated}",
-                    "--set", f"trial.cache_dir={tmp_path / 'cache'}", "--set", f"storage.path={tmp_path / 's'}")
-    assert out.returncode == 2 and "Traceback" not in out.stderr and "is not a readable GGUF file" in out.stderr
+    code = main(["trial", "--set", f"model.name_or_path={truncated}", "--set", f"cache_dir={tmp_path / 'cache'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "is not a readable GGUF file" in err and "truncated" in err
+    code = main(["validate", "--set", f"trial.model.name_or_path={truncated}",
+                 "--set", f"trial.cache_dir={tmp_path / 'cache'}", "--set", f"storage.path={tmp_path / 's'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "is not a readable GGUF file" in err
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("gguf-*"))
 
 

@@ -19,6 +19,20 @@ from trainables.tracking import FLAG_TAG, PARENT_TAG, STATUS_TAG, make_client
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_ray():
+    """One local Ray for the module's in-process sweeps: `run_sweep` joins a Ray already up and leaves it
+    running, so each sweep here skips Ray's start and stop (~5 s each on 2 cores)."""
+    import ray
+
+    from orchestrator.cluster import start_ray
+
+    started = start_ray(None)
+    yield
+    if started:
+        ray.shutdown()
+
+
 def sweep_config(model_cache, out, **sections):
     return validate_sweep_config(small_sweep(model_cache, out, **sections))
 
@@ -173,30 +187,6 @@ def test_a_second_sweep_with_the_same_key_reuses_the_shared_reference(model_cach
                                    search={"space": {"max_length": {"grid": [48]}}}), log=logs.append, progress=False)
     assert third.reference is None and any("shared reference off" in line for line in logs)
     assert third.records[0].status == COMPLETED
-
-
-def test_synchronous_halving_stops_the_same_trials_and_finds_the_same_sweet_spot_every_time(model_cache, tmp_path):
-    """Two identical sweeps, two trials at a time, so arrival order at the rungs can differ between them:
-    synchronous halving decides only once every trial has reported at a rung, so both stop the same trials
-    and name the same sweet spot."""
-    from orchestrator.schedulers import halving_rungs
-
-    def once(name: str):
-        cfg = sweep_config(model_cache, tmp_path / name, trial={"dpo": {"learning_rate": 5e-4}},
-                           search={"space": {"beta": {"grid": [0.01, 0.5]}, "learning_rate": {"grid": [5e-5, 5e-3]}}},
-                           scheduler={"kind": "halving", "grace_period": 1, "reduction_factor": 2},
-                           resources={"max_concurrent_trials": 2})
-        result = run_sweep(cfg, log=lambda *_: None, progress=False)
-        runs = {(r.params["beta"], r.params["learning_rate"]): (r.status, r.reports) for r in result.records}
-        return runs, result.analysis.sweet_spot_line
-
-    first, second = once("a"), once("b")
-    assert first == second
-    reports = sorted(n for _, n in first[0].values())
-    # 4 trials, 4 reports each, eta 2: all 4 to report 1, the best 2 to report 2, the best one to the end.
-    assert halving_rungs(4, 1, 4, 2) == [(1, 4), (2, 2), (4, 1)]
-    assert reports == [1, 1, 2, 4]
-    assert sum(status == COMPLETED for status, _ in first[0].values()) == 1
 
 
 def test_the_sweeps_cost_sums_the_trials_own_clocks_and_its_savings_follow_the_steps(asha_sweep):
