@@ -60,8 +60,10 @@ def start_ray(address: str | None, env: dict[str, str] | None = None) -> bool:
     if address:
         ray.init(address=address, **common)
         return False
-    # A local run binds nothing beyond 127.0.0.1 and needs no dashboard.
-    ray.init(include_dashboard=False, **common)
+    # A local run binds nothing beyond 127.0.0.1 and needs no dashboard. address="local": a Ray of its own, even
+    # where `ray start` (or `ray up` to this machine) left a cluster that a bare ray.init() would join - and that
+    # cluster's end, or a sweep's shutdown of it, would take the other's trials with it.
+    ray.init(address="local", include_dashboard=False, **common)
     return True
 
 

@@ -219,6 +219,12 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda i: -weight[i.module.__name__])  # stable: a file's tests keep their order
 
 
+@pytest.fixture
+def figures(request) -> list[str]:
+    """Lines of measured figures a test wants shown: printed together at the end of the run."""
+    return request.config.stash[FIGURES]
+
+
 def pytest_sessionfinish(session):
     """A worker of pytest-xdist hands its figures to the controller, which prints them (pytest_testnodedown)."""
     if hasattr(session.config, "workeroutput"):
