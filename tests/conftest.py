@@ -206,8 +206,31 @@ def pytest_configure(config):
 # Rough seconds per test of the slow modules on 2 cores (unlisted modules: 1): scripts/test's pytest-xdist
 # workers take whole files (--dist loadfile), the heaviest first, so no long file starts last while the other
 # workers idle; the fast files follow.
+# test_ray_up goes first: while it runs (its `ray down` runs `ray stop`, which stops every Ray of this user on
+# the machine) the other workers start on files that start no Ray (see `ray_on_this_machine`).
 FILE_WEIGHT = {"test_real_model": 50, "test_faults": 80, "test_halving": 70, "test_sweep": 25, "test_cluster": 30,
-               "test_ray_up": 90, "test_mlflow_ui": 30, "test_gpu_acceptance": 25}
+               "test_ray_up": 1000, "test_mlflow_ui": 30, "test_gpu_acceptance": 25}
+# Modules that start Ray on this machine, and the one that stops every Ray on it.
+RAY_MODULES = {"test_sweep", "test_faults", "test_halving", "test_cluster", "test_mlflow_ui", "test_gpu_acceptance"}
+STOPS_EVERY_RAY = {"test_ray_up"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_on_this_machine(request, tmp_path_factory):
+    """Under pytest-xdist: a module in RAY_MODULES holds a shared lock while it runs, one in STOPS_EVERY_RAY an
+    exclusive one, so `ray stop` never runs while another worker's Ray is up."""
+    name = request.module.__name__
+    if not os.environ.get("PYTEST_XDIST_WORKER") or name not in RAY_MODULES | STOPS_EVERY_RAY:
+        yield
+        return
+    import fcntl
+
+    with open(tmp_path_factory.getbasetemp().parent / "ray-on-this-machine.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if name in STOPS_EVERY_RAY else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def pytest_collection_modifyitems(config, items):
