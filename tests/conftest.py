@@ -123,16 +123,21 @@ def model_cache(tmp_path_factory) -> str:
     return str(cache)
 
 
+def shared_run_dir(tmp_path_factory):
+    """Under pytest-xdist, the run's directory, which all its workers share; None in a plain pytest run."""
+    return tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else None
+
+
 @contextlib.contextmanager
 def built_once(tmp_path_factory, name: str):
     """A directory for what a session fixture builds: this session's own, or under pytest-xdist one for all its
     workers, held under a lock while the caller fills it (the first worker builds, the others wait and reuse)."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    root = shared_run_dir(tmp_path_factory)
+    if root is None:
         yield tmp_path_factory.mktemp(name)
         return
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp().parent  # the run's directory, shared by its workers
     with FileLock(str(root / f"{name}.lock")):
         path = root / name
         path.mkdir(exist_ok=True)
@@ -203,10 +208,10 @@ def pytest_configure(config):
         torch.set_num_threads(int(threads))
 
 
-# Rough seconds per test of the slow modules on 2 cores (unlisted modules: 1): scripts/test's pytest-xdist
-# workers take whole files (--dist loadfile), the heaviest first, so no long file starts last while the other
-# workers idle; the fast files follow.
-# test_ray_up goes first: while it runs (its `ray down` runs `ray stop`, which stops every Ray of this user on
+# The order in which scripts/test's pytest-xdist workers take whole files (--dist loadfile): by the sum of these
+# weights over a file's tests, roughly seconds per test on 2 cores (unlisted modules: 1), the heaviest first, so
+# no long file starts last while the other workers idle; the fast files follow. test_ray_up's weight is a rank,
+# not a time - it goes first: while it runs (its `ray down` runs `ray stop`, which stops every Ray of this user on
 # the machine) the other workers start on files that start no Ray (see `ray_on_this_machine`).
 FILE_WEIGHT = {"test_real_model": 50, "test_faults": 80, "test_halving": 70, "test_sweep": 25, "test_cluster": 30,
                "test_ray_up": 1000, "test_mlflow_ui": 30, "test_gpu_acceptance": 25}
@@ -219,13 +224,13 @@ STOPS_EVERY_RAY = {"test_ray_up"}
 def ray_on_this_machine(request, tmp_path_factory):
     """Under pytest-xdist: a module in RAY_MODULES holds a shared lock while it runs, one in STOPS_EVERY_RAY an
     exclusive one, so `ray stop` never runs while another worker's Ray is up."""
-    name = request.module.__name__
-    if not os.environ.get("PYTEST_XDIST_WORKER") or name not in RAY_MODULES | STOPS_EVERY_RAY:
+    name, root = request.module.__name__, shared_run_dir(tmp_path_factory)
+    if root is None or name not in RAY_MODULES | STOPS_EVERY_RAY:
         yield
         return
     import fcntl
 
-    with open(tmp_path_factory.getbasetemp().parent / "ray-on-this-machine.lock", "a") as lock:
+    with open(root / "ray-on-this-machine.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX if name in STOPS_EVERY_RAY else fcntl.LOCK_SH)
         try:
             yield
