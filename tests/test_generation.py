@@ -66,6 +66,41 @@ def test_repeat_ngram_rate_counts_repeats_of_earlier_ngrams():
     assert generation.repeat_ngram_rate([1], 3) == 0
 
 
+def test_generation_hands_the_lm_head_one_contiguous_block_and_leaves_no_hook(model_cache):
+    """The first forward of a generation projects a strided view of the last position; the head must get it
+    contiguous (else torch's CPU matmul copies the whole head once per prompt), the completions must be what
+    they were without that, and nothing may stay hooked on a model that the worker keeps between trials."""
+    import torch
+
+    from trainables.config import ModelSettings
+    from trainables.model import load_base_model
+
+    model, tok = load_base_model(ModelSettings(quantization="none"), model_cache, log=None)
+    texts = [f"Q: {w}\nA:" for w in WORDS[:6]]
+    head = model.get_output_embeddings()
+    seen = []
+    # A forward hook sees the input as the head got it, after every pre-hook.
+    probe = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].is_contiguous()))
+    try:
+        with torch.no_grad():  # the first forward of a generation, without the fix: the strided view
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            model(**enc, logits_to_keep=1)
+        assert seen == [False]
+        seen.clear()
+        fixed = generation.generate(model, tok, texts, max_new_tokens=5, batch_size=6)
+        assert seen and all(seen)  # every projection of the generation, its first included
+    finally:
+        probe.remove()
+    assert not head._forward_pre_hooks and not head._forward_hooks
+    plain_head_input = generation.contiguous_head_input
+    try:
+        generation.contiguous_head_input = lambda _model: __import__("contextlib").nullcontext()
+        plain = generation.generate(model, tok, texts, max_new_tokens=5, batch_size=6)
+    finally:
+        generation.contiguous_head_input = plain_head_input
+    assert fixed.ids == plain.ids
+
+
 def test_reward_results_are_checked():
     ok = generation.Reward("r", "m:r", lambda p, c, ids, cols: [1, None, 0.5])
     assert call_reward(ok, ["a"] * 3, ["b"] * 3, [[1]] * 3, {}) == [1.0, None, 0.5]

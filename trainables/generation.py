@@ -31,7 +31,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +114,28 @@ def end_ids(tokenizer) -> set[int]:
     return ids
 
 
+@contextmanager
+def contiguous_head_input(model) -> Iterator[None]:
+    """While open, the LM head gets its input as one contiguous block.
+
+    A generation's first forward projects only the last position (`hidden_states[:, -1:, :]`, a strided view).
+    torch's CPU matmul does not fold a strided 3-D input onto a 2-D weight: it broadcasts the weight to every
+    row and runs a batched matmul, copying the whole head once per row. SmolLM2's head is 49152 x 576 bf16,
+    57 MB, so a 40-prompt batch copied 2.3 GB before its first token (measured on a 2-core CPU: 2.58 s for that
+    projection against 0.012 s on a contiguous copy of the same 16 rows; a 40-prompt greedy generation took
+    15.5 s, 8.6 s with this; the same tokens). A copy of one position per row costs nothing beside it.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda _m, args: (args[0].contiguous(), *args[1:]) if args else None)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int, sample: bool = False,
              seed: int = 0) -> Completions:
@@ -126,19 +149,20 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
     stop = end_ids(tokenizer)
     ids, truncated = [], []
     try:
-        if sample:
-            torch.manual_seed(seed)
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            kw = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample else {"do_sample": False}
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=sorted(stop), **kw)
-            for row in out[:, enc["input_ids"].shape[1]:].tolist():
-                end = next((i for i, t in enumerate(row) if t in stop), None)
-                ids.append(row[: end + 1] if end is not None else row)
-                truncated.append(end is None)
+        with contiguous_head_input(model):
+            if sample:
+                torch.manual_seed(seed)
+            for start in range(0, len(texts), batch_size):
+                enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                                add_special_tokens=False)
+                enc = {k: v.to(device) for k, v in enc.items()}
+                kw = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample else {"do_sample": False}
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=sorted(stop), **kw)
+                for row in out[:, enc["input_ids"].shape[1]:].tolist():
+                    end = next((i for i, t in enumerate(row) if t in stop), None)
+                    ids.append(row[: end + 1] if end is not None else row)
+                    truncated.append(end is None)
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
