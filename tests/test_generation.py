@@ -66,10 +66,12 @@ def test_repeat_ngram_rate_counts_repeats_of_earlier_ngrams():
     assert generation.repeat_ngram_rate([1], 3) == 0
 
 
-def test_generation_hands_the_lm_head_one_contiguous_block_and_leaves_no_hook(model_cache):
+def test_generation_hands_the_lm_head_one_contiguous_block_and_leaves_no_hook(model_cache, monkeypatch):
     """The first forward of a generation projects a strided view of the last position; the head must get it
     contiguous (else torch's CPU matmul copies the whole head once per prompt), the completions must be what
     they were without that, and nothing may stay hooked on a model that the worker keeps between trials."""
+    import contextlib
+
     import torch
 
     from trainables.config import ModelSettings
@@ -92,12 +94,8 @@ def test_generation_hands_the_lm_head_one_contiguous_block_and_leaves_no_hook(mo
     finally:
         probe.remove()
     assert not head._forward_pre_hooks and not head._forward_hooks
-    plain_head_input = generation.contiguous_head_input
-    try:
-        generation.contiguous_head_input = lambda _model: __import__("contextlib").nullcontext()
-        plain = generation.generate(model, tok, texts, max_new_tokens=5, batch_size=6)
-    finally:
-        generation.contiguous_head_input = plain_head_input
+    monkeypatch.setattr(generation, "contiguous_head_input", lambda _model: contextlib.nullcontext())
+    plain = generation.generate(model, tok, texts, max_new_tokens=5, batch_size=6)
     assert fixed.ids == plain.ids
 
 
