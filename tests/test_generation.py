@@ -85,7 +85,7 @@ def test_generation_hands_the_lm_head_one_contiguous_block_and_leaves_no_hook(mo
     probe = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].is_contiguous()))
     try:
         with torch.no_grad():  # the first forward of a generation, without the fix: the strided view
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             model(**enc, logits_to_keep=1)
         assert seen == [False]
         seen.clear()
