@@ -15,6 +15,7 @@ accumulation, so `training_iteration` (one per report) is a fair clock across tr
 
 from __future__ import annotations
 
+import logging
 import math
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, TrialScheduler
@@ -22,6 +23,8 @@ from ray.tune.schedulers.hyperband import _Bracket
 
 from orchestrator.config import SchedulerSettings
 from orchestrator.eligibility import eligible
+
+logger = logging.getLogger(__name__)
 
 
 def halving_rungs(num_trials: int, grace_period: int, max_t: int, eta: float) -> list[tuple[int, int]]:
@@ -102,6 +105,7 @@ class SyncHalving(HyperBandScheduler):
 
     def choose_trial_to_run(self, tune_controller):
         bracket = self._state["bracket"]
+        self._forget_ended(tune_controller, bracket)
         if self._restored and len(bracket._all_trials) >= self.num_trials:
             self._restored = False
             self._settle_restored(tune_controller, bracket)
@@ -109,6 +113,17 @@ class SyncHalving(HyperBandScheduler):
         if self.max_running and running >= self.max_running:
             return None
         return super().choose_trial_to_run(tune_controller)
+
+    def _forget_ended(self, tune_controller, bracket: WholeSweepBracket) -> None:
+        """Drop from the rung a trial that Ray ended without telling the scheduler, and decide the rung without it.
+
+        Every usual end (a result, an error, a stop) reaches `on_trial_remove`; one path does not: a reused worker
+        that is not free in time fails the trial it was handed straight to ERROR. A rung waiting for that trial
+        would wait forever, with nothing running."""
+        for trial in [t for t in bracket._live_trials if t.status in ("ERROR", "TERMINATED")]:
+            logger.warning("Synchronous halving: trial %s ended (%s) without a result at its rung; the rung is "
+                           "decided without it", trial, trial.status)
+            self.on_trial_remove(tune_controller, trial)
 
     def _settle_restored(self, tune_controller, bracket: WholeSweepBracket) -> None:
         """After a `resume` the bracket is new and holds every unfinished trial at its last report. Replay the

@@ -48,9 +48,15 @@ def halving_config(model_cache: str, storage: Path):
 
 @pytest.fixture(scope="module")
 def halving_sweep(model_cache, tmp_path_factory):
-    """One uninterrupted sweep (a SweepResult): what a repeated or a resumed one must end like."""
-    return run_sweep(halving_config(model_cache, tmp_path_factory.mktemp("halving")), log=lambda *_: None,
-                     progress=False)
+    """One uninterrupted sweep (a SweepResult): what a repeated or a resumed one must end like.
+
+    Ray is told to wait 0 s for a reused worker's previous trial to end (its default is 2 s): each hand-over of a
+    worker then depends on `hold_worker_for_cleanup`. Without it, trials failed at the hand-over and the halving
+    sweep hung (seen in CI on a busy machine, where a trial's cleanup outlasted the 2 s)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "0")  # the local Ray cluster's workers inherit it
+        return run_sweep(halving_config(model_cache, tmp_path_factory.mktemp("halving")), log=lambda *_: None,
+                         progress=False)
 
 
 def test_synchronous_halving_stops_the_same_trials_and_finds_the_same_sweet_spot_every_time(halving_sweep,

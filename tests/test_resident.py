@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import shutil
 import warnings
 
@@ -148,3 +149,16 @@ def test_a_model_that_does_not_come_back_clean_is_dropped(make_spec):
     messages = []
     resident.strip_trial(model, log=messages.append)
     assert resident._resident is None and "could not be returned" in messages[0]
+
+
+def test_a_reused_worker_waits_out_the_previous_trials_cleanup_and_a_longer_user_wait_stands(monkeypatch):
+    """Ray reads TUNE_FUNCTION_THREAD_TIMEOUT_S in the worker at each hand-over; a trial's end (MLflow flush up to
+    tracking.flush_s, the resident model stripped) must fit in it, and a user's longer wait is kept."""
+    from trainables.tune_entry import CLEANUP_MARGIN_S, THREAD_TIMEOUT_ENV, hold_worker_for_cleanup
+
+    monkeypatch.setenv(THREAD_TIMEOUT_ENV, "2")  # Ray's default
+    assert hold_worker_for_cleanup(60.0) == int(60 + CLEANUP_MARGIN_S)
+    assert os.environ[THREAD_TIMEOUT_ENV] == str(int(60 + CLEANUP_MARGIN_S))
+    monkeypatch.setenv(THREAD_TIMEOUT_ENV, "3600")
+    assert hold_worker_for_cleanup(60.0) == 3600
+    assert os.environ[THREAD_TIMEOUT_ENV] == "3600"

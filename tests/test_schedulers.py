@@ -186,3 +186,14 @@ def test_a_resume_at_any_moment_ends_like_the_uninterrupted_sweep():
             s.on_trial_add(None, t)
         assert run_sweep(s, restored), f"killed after {kill_at} reports"
         assert outcome(restored) == expected, f"killed after {kill_at} reports"
+
+
+def test_a_trial_ray_fails_behind_the_schedulers_back_does_not_hold_up_its_rung():
+    """Ray fails a trial straight to ERROR, telling no scheduler, when the reused worker it was handed is not free
+    in time. Rung 1 is then decided on the three trials that reached it, instead of waiting for the fourth."""
+    s, trials = new_sweep()
+    failed = trials[1]
+    failed.status = "ERROR"  # before it ever ran, as in the CI run where the sweep hung
+    assert run_sweep(s, [t for t in trials if t is not failed])
+    assert outcome(trials) == {"x_00000": 2, "x_00001": 0, "x_00002": 4, "x_00003": 1}
+    assert failed not in s._state["bracket"]._live_trials

@@ -42,6 +42,28 @@ class SweepContext:
 _LOADED_IN = time.perf_counter() - _LOADING_SINCE  # this module and what it imports (torch, MLflow, ...)
 _first_trial_in_process = True
 
+# Beyond the MLflow flush, what a trial's end may take before its worker is free: the adapter unloaded from the
+# resident model, the optimizer state collected. Seconds on a loaded machine, never minutes.
+CLEANUP_MARGIN_S = 120.0
+THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+
+
+def hold_worker_for_cleanup(flush_s: float) -> int:
+    """Let a reused worker wait for the previous trial's end instead of failing the next trial.
+
+    Under `reuse_actors`, Ray hands a worker its next trial only once the previous trial's thread has ended,
+    and waits `TUNE_FUNCTION_THREAD_TIMEOUT_S` (default 2 s) for it, read in the worker at each hand-over. This
+    module's cleanup (MLflow flush up to `flush_s`, the resident model stripped) outlasts that on a busy machine;
+    Ray then fails the next trial outright ("Trainable runner reuse requires reset_config() ...") and tells no
+    scheduler, so synchronous halving waited on it forever (seen in CI). Raised, never lowered; returns it."""
+    needed = int(flush_s + CLEANUP_MARGIN_S)
+    try:
+        current = int(float(os.environ.get(THREAD_TIMEOUT_ENV, "0")))
+    except ValueError:
+        current = 0
+    os.environ[THREAD_TIMEOUT_ENV] = str(max(current, needed))
+    return max(current, needed)
+
 
 def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
     global _first_trial_in_process
@@ -50,6 +72,7 @@ def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
     # Ray sets OMP_NUM_THREADS from the trial's CPUs; torch must agree (before TRL and friends load), or two
     # 2-thread trials on 2 cores spin against each other (seen here: 16x slower).
     torch.set_num_threads(max(1, int(context.cpu_per_trial)))
+    hold_worker_for_cleanup(context.tracking_flush_s)
     clock = PhaseClock()
     if _first_trial_in_process:  # a reused worker (reuse_actors) pays its start-up once, for its first trial
         _first_trial_in_process = False
