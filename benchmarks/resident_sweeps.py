@@ -97,10 +97,14 @@ def run_once(config: str, pythonpath: str | None) -> dict:
 
 
 def same_answers(a: dict, b: dict) -> dict:
-    """Trials whose every reported figure (clocks aside) is equal on both paths, and the largest difference."""
-    equal, differ, worst = 0, [], 0.0
+    """Trials whose every reported figure (clocks aside) is equal on both paths, and the largest difference.
+
+    Compared by step: a trial resumed on another worker can restart Ray's result.json, so rows need not line up,
+    and a path that reports less often (fewer reports per epoch) shares only some steps with the other. A trial
+    counts in `identical_at_shared_steps` when every figure of every step both paths reported is equal, and in
+    `identical_trials` when, besides, both reported the same steps."""
+    equal, shared_equal, differ, worst = 0, 0, [], 0.0
     for cfg in sorted(set(a["reports"]) | set(b["reports"])):
-        # By step: a trial resumed on another worker can restart Ray's result.json, so rows need not line up.
         ra = {r.get("step"): r for r in a["reports"].get(cfg, [])}
         rb = {r.get("step"): r for r in b["reports"].get(cfg, [])}
         diffs = []
@@ -113,14 +117,16 @@ def same_answers(a: dict, b: dict) -> dict:
                 diffs.append(k)
                 if isinstance(u, (int, float)) and isinstance(v, (int, float)):
                     worst = max(worst, abs(u - v))
+        shared = bool(set(ra) & set(rb)) and not diffs
+        shared_equal += shared
         if set(ra) != set(rb):
             diffs.append("steps reported")
         if diffs:
             differ.append({"trial": cfg, "figures": sorted(set(diffs))[:8]})
         else:
             equal += 1
-    return {"identical_trials": equal, "differing_trials": differ, "largest_difference": worst,
-            "same_sweet_spot": a["sweet_spot"] == b["sweet_spot"]}
+    return {"identical_trials": equal, "identical_at_shared_steps": shared_equal, "differing_trials": differ,
+            "largest_difference": worst, "same_sweet_spot": a["sweet_spot"] == b["sweet_spot"]}
 
 
 def main() -> None:
@@ -198,10 +204,12 @@ def write_table(result: dict, path: str | None) -> None:
     for config, summary in result["summary"].items():
         same = summary["answers"]
         identical = [a["identical_trials"] for a in same]
+        shared = [a.get("identical_at_shared_steps", a["identical_trials"]) for a in same]
         spots = sum(a["same_sweet_spot"] for a in same)
+        also = f" (at the steps both reported: {shared})" if shared != identical else ""
         lines.append(f"- {config}: new / old wall {summary['wall_ratio_new_over_old']:.2f}x, Ray trial-seconds "
                      f"{summary['ray_trial_seconds_ratio']:.2f}x; same sweet spot in {spots} of {len(same)} round(s); "
-                     f"trials identical to the last digit per round: {identical}.")
+                     f"trials identical to the last digit per round: {identical}{also}.")
     if result.get("notes"):
         lines.append(f"- {result['notes']}")
     text = "\n".join(lines)

@@ -5,6 +5,7 @@ uninterrupted sweep of the same config, run once for the module."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -88,13 +89,24 @@ def test_a_driver_killed_under_halving_resumes_to_the_same_stopped_set_and_sweet
 
     storage = tmp_path / "cut"
     sweep = write_sweep(tmp_path / "cut.yaml", model_cache, storage, "halvcut", SPACE, **HALVING)
+    # Ray's driver copies its state (trial statuses, progress.csv) to the storage path every ~10 s or more; a
+    # `resume` sees only that copy. At 1 s the copy keeps up with this short sweep, so the kill below lands on
+    # a state past the first rung as `resume` will read it.
     proc = subprocess.Popen([str(BIN / "dpo-sweep"), "run", str(sweep)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
     family: set[psutil.Process] = set()
 
-    def past_the_first_rung() -> bool:  # a promoted trial has reported beyond rung 1
+    def past_the_first_rung() -> bool:
+        """A promoted trial has reported beyond rung 1 (MLflow hears it first, from the trial itself), and Ray's
+        copy in storage holds the rung-1 reports of at least 3 of the 4 trials: one of them was stopped there."""
         family.update(descendants(proc.pid))
-        return any(n >= 2 for n in sqlite_steps_by_run(storage / "mlflow.db").values())
+        if not any(n >= 2 for n in sqlite_steps_by_run(storage / "mlflow.db").values()):
+            return False
+        try:
+            copied = [steps for e in storage.glob("halvcut-*") for steps in ray_steps(e).values() if steps]
+        except (ValueError, TypeError, KeyError):  # a progress.csv caught mid-copy: look again
+            return False
+        return len(copied) >= 3
 
     try:
         if wait_until(past_the_first_rung, proc, 400):
