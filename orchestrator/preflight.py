@@ -353,6 +353,11 @@ def run_preflight(cfg: SweepConfig, view: ClusterView | None = None, log=print) 
     space, num_samples, seed_notes = seeds_for_repeats(cfg, canonical_params(space))
     if data.dropped:
         notes.append(f"{data.dropped_text()}; every trial trains on the {len(data.train)} rows left")
+    if cfg.scheduler.kind == "halving" and max_reports:
+        from orchestrator.schedulers import idle_reports_note  # Ray's schedulers: imported when a sweep halves
+
+        note = idle_reports_note(n, cfg.scheduler.grace_period, max_reports, cfg.scheduler.reduction_factor)
+        notes += [note] if note else []
     return Preflight(param_space=space, num_trials=n, tracking_uri=uri, train_rows=len(data.train),
                      max_reports=max_reports, gpu_per_trial=gpu_per_trial, notes=notes + seed_notes,
                      num_samples=num_samples, dropped_rows=data.dropped)

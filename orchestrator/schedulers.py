@@ -38,6 +38,26 @@ def halving_rungs(num_trials: int, grace_period: int, max_t: int, eta: float) ->
     return rungs
 
 
+def idle_reports_note(num_trials: int, grace_period: int, max_reports: int, eta: float) -> str | None:
+    """A note when some of a halving sweep's reports decide nothing: every report is an evaluation (held-out pairs,
+    probes, generations), and one that falls between rungs only draws the curves. None when every report counts."""
+    rungs = halving_rungs(num_trials, grace_period, max(max_reports, grace_period), eta)
+    deciding = {r for r, _ in rungs} | {max_reports}  # the last: what the analysis reads of the trial that goes on
+    idle = [k for k in range(1, max_reports + 1) if k not in deciding]
+    if not idle:
+        return None
+
+    def listed(xs) -> str:
+        xs = [str(x) for x in xs]
+        return xs[0] if len(xs) == 1 else f"{', '.join(xs[:-1])} and {xs[-1]}"
+
+    one = len(idle) == 1
+    return (f"synchronous halving decides at reports {listed(sorted(deciding))} of {max_reports}; "
+            f"{'report' if one else 'reports'} {listed(idle)} {'decides' if one else 'decide'} nothing and "
+            f"{'costs' if one else 'cost'} an evaluation like the others (held-out pairs, probes, generations). dpo.reports_per_epoch sets how "
+            "many reports there are, scheduler.grace_period where the first rung falls")
+
+
 class WholeSweepBracket(_Bracket):
     """Ray's bracket, holding every trial of the sweep: a rung is decided once all `num_trials` have joined and
     reported there, never on the few that arrived first (Tune adds trials as slots free up), and on eligibility

@@ -197,3 +197,15 @@ def test_a_trial_ray_fails_behind_the_schedulers_back_does_not_hold_up_its_rung(
     assert run_sweep(s, [t for t in trials if t is not failed])
     assert outcome(trials) == {"x_00000": 2, "x_00001": 0, "x_00002": 4, "x_00003": 1}
     assert failed not in s._state["bracket"]._live_trials
+
+
+def test_reports_that_halving_never_decides_on_are_named_and_a_schedule_without_them_says_nothing():
+    from orchestrator.schedulers import idle_reports_note
+
+    # The real-model example as it was: 9 trials, 4 reports, the rung at report 2, the 3 promoted to report 4.
+    note = idle_reports_note(9, grace_period=2, max_reports=4, eta=3)
+    assert "decides at reports 2 and 4 of 4" in note and "reports 1 and 3 decide nothing" in note
+    assert "dpo.reports_per_epoch" in note
+    assert idle_reports_note(9, grace_period=1, max_reports=2, eta=3) is None  # as it is now: both reports decide
+    # The winner runs past the last rung to its last report, which the analysis reads.
+    assert "reports 3, 5, 6 and 7 decide nothing" in idle_reports_note(4, grace_period=1, max_reports=8, eta=2)
