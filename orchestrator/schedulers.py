@@ -54,8 +54,9 @@ def idle_reports_note(num_trials: int, grace_period: int, max_reports: int, eta:
     one = len(idle) == 1
     return (f"synchronous halving decides at reports {listed(sorted(deciding))} of {max_reports}; "
             f"{'report' if one else 'reports'} {listed(idle)} {'decides' if one else 'decide'} nothing and "
-            f"{'costs' if one else 'cost'} an evaluation like the others (held-out pairs, generations, a bundled task's probes). dpo.reports_per_epoch sets how "
-            "many reports there are, scheduler.grace_period where the first rung falls")
+            f"{'costs' if one else 'cost'} an evaluation like the others (held-out pairs, generations, a bundled "
+            "task's probes). dpo.reports_per_epoch sets how many reports there are, scheduler.grace_period where the "
+            "first rung falls")
 
 
 class WholeSweepBracket(_Bracket):
