@@ -61,8 +61,9 @@ def hold_worker_for_cleanup(flush_s: float) -> int:
         current = int(float(os.environ.get(THREAD_TIMEOUT_ENV, "0")))
     except ValueError:
         current = 0
-    os.environ[THREAD_TIMEOUT_ENV] = str(max(current, needed))
-    return max(current, needed)
+    wait = max(current, needed)
+    os.environ[THREAD_TIMEOUT_ENV] = str(wait)
+    return wait
 
 
 def tune_trainable(params: dict[str, Any], context: SweepContext) -> None:
